@@ -1,0 +1,97 @@
+"""Every hyper-parameter of the method in one place (DESIGN §4).
+
+The ClipSAM paper's body could not be read when this project started, so several values are
+project decisions (marked [decision] in DESIGN.md). They live here, and only here, so a user
+holding the paper can change them without touching code. Configs are plain dataclasses that
+round-trip through JSON: model store manifests carry them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class ClipTapConfig:
+    """How CLIP is run: input size and which transformer blocks are tapped.
+
+    `layers` are 1-based block indices (block 24 is the last block of ViT-L/14).
+    `input_size` is the square side the whole image is resized to; it may differ from the
+    model's native size, the position embedding is interpolated.
+    """
+
+    input_size: int = 518
+    layers: tuple[int, ...] = (6, 12, 18, 24)
+    # Normalise tapped tokens with CLIP's own (frozen) ln_post before UMCI's projection. [decision]
+    tap_layernorm: bool = True
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class UMCIConfig:
+    """Unified Multi-scale Cross-modal Interaction (DESIGN §4.2)."""
+
+    vision_width: int = 1024  # C_v: width of the tapped CLIP tokens
+    text_dim: int = 768  # D: CLIP joint embedding width
+    num_layers: int = 4  # one projection + interaction block per tapped layer
+    attn_dim: int = 128  # d, one head [decision]
+    scales: tuple[int, ...] = (1, 3, 5)  # average-pool windows of the scale path [decision]
+    logit_scale: float = 100.0
+
+
+@dataclass(frozen=True)
+class MMRConfig:
+    """Multi-level Mask Refinement with SAM (DESIGN §4.3)."""
+
+    prompt_threshold: float = 0.5  # tau: binarise the rough map for prompts [decision]
+    min_area_fraction: float = 0.0005  # drop components under 0.05 % of the image
+    box_padding: int = 4  # pixels added on each side of a component's box
+    max_components: int = 32  # bounds one image's decoder batch; the largest are kept
+    add_centroid_point: bool = True
+    alpha: float = 0.5  # final = (1 - alpha) * rough + alpha * sam [decision]
+    mask_threshold: float | None = None  # None: use prompt_threshold
+    image_score: str = "max"  # "max" or "topk"
+    topk_fraction: float = 0.01  # used when image_score == "topk"
+
+    @property
+    def effective_mask_threshold(self) -> float:
+        return self.prompt_threshold if self.mask_threshold is None else self.mask_threshold
+
+
+@dataclass(frozen=True)
+class ClipSAMConfig:
+    """The whole method's settings; a model store manifest stores one of these."""
+
+    clip: ClipTapConfig = field(default_factory=ClipTapConfig)
+    umci: UMCIConfig = field(default_factory=UMCIConfig)
+    mmr: MMRConfig = field(default_factory=MMRConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ClipSAMConfig":
+        return cls(
+            clip=_build(ClipTapConfig, data.get("clip", {})),
+            umci=_build(UMCIConfig, data.get("umci", {})),
+            mmr=_build(MMRConfig, data.get("mmr", {})),
+        )
+
+    def replace(self, **sections: Mapping[str, Any]) -> "ClipSAMConfig":
+        """Copy with some fields of some sections changed, e.g. replace(mmr={"alpha": 0.8})."""
+        parts = {name: getattr(self, name) for name in ("clip", "umci", "mmr")}
+        for name, changes in sections.items():
+            parts[name] = dataclasses.replace(parts[name], **dict(changes))
+        return ClipSAMConfig(**parts)
+
+
+def _build(kind: type, data: Mapping[str, Any]) -> Any:
+    """Build a config dataclass from JSON data, turning lists back into tuples."""
+    known = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} fields: {', '.join(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return kind(**values)

@@ -1,0 +1,138 @@
+"""MMR, the arithmetic half: prompts from the rough map, and fusion of SAM's mask levels (DESIGN §4.3).
+
+Everything here works on numpy arrays in the original image frame, so it is testable on
+hand-made maps. The SAM calls themselves live in `sam_refiner.py`.
+
+Coordinate conventions (same as segment_anything's SamPredictor):
+- a point is (x, y) = (column, row) of a pixel;
+- a box is (x0, y0, x1, y1) in pixel-edge coordinates: x0 is the left edge of the leftmost
+  pixel, x1 the right edge of the rightmost one (so a one-pixel component at column 7 spans
+  x0 = 7, x1 = 8 before padding).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .config import MMRConfig
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class ComponentPrompt:
+    """SAM prompts for one connected component of the thresholded rough map.
+
+    box: float32 [4] (x0, y0, x1, y1), padded and clipped to the image.
+    points: float32 [P, 2] (x, y); first the rough-map argmax, then the centroid if it lies inside.
+    labels: int32 [P], 1 = foreground.
+    area: number of pixels of the component.
+    """
+
+    box: np.ndarray
+    points: np.ndarray
+    labels: np.ndarray
+    area: int
+
+
+def min_component_area(shape: tuple[int, int], config: MMRConfig) -> int:
+    """Smallest component kept, in pixels (at least 1)."""
+    return max(1, math.ceil(config.min_area_fraction * shape[0] * shape[1]))
+
+
+def extract_prompts(rough_map: np.ndarray, config: MMRConfig) -> list[ComponentPrompt]:
+    """Threshold at τ, label 8-connected components, drop small ones, one prompt per component.
+
+    rough_map: float [H, W] in [0, 1], in the original image frame.
+    Returns the components in scan order (top-left first); at most `config.max_components`,
+    keeping the largest when there are more.
+    """
+    binary = rough_map >= config.prompt_threshold
+    labels, count = ndimage.label(binary, structure=EIGHT_CONNECTED)
+    if count == 0:
+        return []
+    height, width = rough_map.shape
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = [i for i in range(1, count + 1) if areas[i] >= min_component_area((height, width), config)]
+    if len(keep) > config.max_components:
+        keep = sorted(sorted(keep, key=lambda i: -areas[i])[: config.max_components])
+    slices = ndimage.find_objects(labels)
+    prompts = []
+    for index in keep:
+        rows, cols = slices[index - 1]
+        window = labels[rows, cols] == index
+        prompts.append(_component_prompt(rough_map[rows, cols], window, rows.start, cols.start, (height, width), config))
+    return prompts
+
+
+def _component_prompt(
+    values: np.ndarray,
+    inside: np.ndarray,
+    top: int,
+    left: int,
+    shape: tuple[int, int],
+    config: MMRConfig,
+) -> ComponentPrompt:
+    height, width = shape
+    pad = config.box_padding
+    box = np.array(
+        [
+            max(0, left - pad),
+            max(0, top - pad),
+            min(width, left + inside.shape[1] + pad),
+            min(height, top + inside.shape[0] + pad),
+        ],
+        dtype=np.float32,
+    )
+    peak = np.unravel_index(np.argmax(np.where(inside, values, -np.inf)), inside.shape)
+    points = [(left + peak[1], top + peak[0])]
+    if config.add_centroid_point:
+        rr, cc = np.nonzero(inside)
+        # Round half up in image coordinates, so the point does not depend on the crop window.
+        cy = int(math.floor(top + rr.mean() + 0.5)) - top
+        cx = int(math.floor(left + cc.mean() + 0.5)) - left
+        if inside[cy, cx] and (cy, cx) != tuple(peak):
+            points.append((left + cx, top + cy))
+    return ComponentPrompt(
+        box=box,
+        points=np.asarray(points, dtype=np.float32),
+        labels=np.ones(len(points), dtype=np.int32),
+        area=int(inside.sum()),
+    )
+
+
+def level_weights(scores: np.ndarray) -> np.ndarray:
+    """Softmax over SAM's mask levels of its predicted-IoU scores: [N, K] → [N, K], rows sum to 1."""
+    scores = np.asarray(scores, dtype=np.float64)
+    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def fuse_levels(level_probs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """One component's SAM map: Σ_k softmax(scores)_k · σ(logit_k).
+
+    level_probs: [N, K, H, W] sigmoid of SAM's mask logits; scores: [N, K].
+    Returns [N, H, W] float32 in [0, 1].
+    """
+    weights = level_weights(scores).astype(np.float32)
+    return np.einsum("nk,nkhw->nhw", weights, level_probs.astype(np.float32, copy=False))
+
+
+def fuse_with_rough(rough_map: np.ndarray, sam_map: np.ndarray | None, alpha: float) -> np.ndarray:
+    """Final map M = (1 − α)·M_clip + α·M_sam; without SAM (no prompt) M = M_clip."""
+    if sam_map is None:
+        return rough_map.astype(np.float32, copy=False)
+    return ((1.0 - alpha) * rough_map + alpha * sam_map).astype(np.float32)
+
+
+def image_score(final_map: np.ndarray, config: MMRConfig) -> float:
+    """Image-level score: max of M, or the mean of its top `topk_fraction` pixels."""
+    if config.image_score == "max":
+        return float(final_map.max())
+    if config.image_score == "topk":
+        k = max(1, int(round(config.topk_fraction * final_map.size)))
+        return float(np.partition(final_map.ravel(), final_map.size - k)[-k:].mean())
+    raise ValueError(f"unknown image_score {config.image_score!r}: use 'max' or 'topk'")

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+
+from clipsam.backbones import build_sam
+from clipsam.config import MMRConfig
+from clipsam.mmr import extract_prompts, fuse_levels, fuse_with_rough, image_score, level_weights, min_component_area
+from clipsam.model import MaskRefiner, RoughResult
+from clipsam.sam_refiner import SamRefiner
+from model_store.profiles import TINY_SAM_CONFIG
+
+CFG = MMRConfig(prompt_threshold=0.5, min_area_fraction=0.0, box_padding=0)
+
+
+def test_single_component_exact_box_and_points():
+    m = np.zeros((20, 30), np.float32)
+    m[5:9, 10:16] = 0.6  # rows 5..8, cols 10..15
+    m[7, 12] = 0.9  # peak
+    (p,) = extract_prompts(m, CFG)
+    assert p.box.tolist() == [10, 5, 16, 9]
+    # peak (x=12, y=7); centroid (x=12.5, y=6.5) rounds half up to (13, 7)
+    assert p.points.tolist() == [[12, 7], [13, 7]]
+    assert p.labels.tolist() == [1, 1]
+    assert p.area == 24
+
+
+def test_padding_is_clipped_to_the_image():
+    m = np.zeros((10, 10), np.float32)
+    m[0:2, 8:10] = 1.0
+    (p,) = extract_prompts(m, MMRConfig(min_area_fraction=0.0, box_padding=3))
+    assert p.box.tolist() == [5, 0, 10, 5]
+
+
+def test_eight_connectivity_joins_diagonals_and_scan_order():
+    m = np.zeros((12, 12), np.float32)
+    m[1, 1] = m[2, 2] = m[3, 3] = 0.8  # one diagonal component
+    m[8:10, 8:10] = 0.7  # a second one
+    prompts = extract_prompts(m, CFG)
+    assert [p.box.tolist() for p in prompts] == [[1, 1, 4, 4], [8, 8, 10, 10]]
+    assert prompts[0].points.tolist() == [[1, 1], [2, 2]]  # argmax ties → first; centroid (2,2) inside
+    assert [p.area for p in prompts] == [3, 4]
+
+
+def test_centroid_outside_component_is_not_a_point():
+    m = np.zeros((20, 20), np.float32)
+    m[2:18, 2] = m[2:18, 17] = m[2, 2:18] = m[17, 2:18] = 0.9  # a ring: centroid in the hole
+    (p,) = extract_prompts(m, CFG)
+    assert len(p.points) == 1
+
+
+def test_small_components_dropped_and_threshold_inclusive():
+    m = np.zeros((100, 100), np.float32)
+    m[10, 10] = 0.5  # exactly tau: kept by >=, but 1 px < min area
+    m[50:60, 50:60] = 0.55
+    cfg = MMRConfig(min_area_fraction=0.005, box_padding=0)  # 50 px
+    assert min_component_area((100, 100), cfg) == 50
+    prompts = extract_prompts(m, cfg)
+    assert [p.area for p in prompts] == [100]
+
+
+def test_no_component_means_no_prompt():
+    assert extract_prompts(np.full((64, 64), 0.49, np.float32), CFG) == []
+
+
+def test_max_components_keeps_largest():
+    m = np.zeros((50, 50), np.float32)
+    for i, size in enumerate([2, 5, 3, 4]):
+        m[2 + 10 * i : 2 + 10 * i + size, 5 : 5 + size] = 0.9
+    prompts = extract_prompts(m, MMRConfig(min_area_fraction=0.0, box_padding=0, max_components=2))
+    assert [p.area for p in prompts] == [25, 16]
+
+
+def test_level_weights_sum_to_one():
+    scores = np.random.default_rng(0).normal(size=(7, 3)) * 5
+    w = level_weights(scores)
+    assert w.shape == (7, 3)
+    assert np.allclose(w.sum(axis=1), 1.0)
+    assert (w > 0).all()
+    assert np.argmax(w, axis=1).tolist() == np.argmax(scores, axis=1).tolist()
+
+
+def test_fuse_levels_is_weighted_sum():
+    probs = np.stack([np.full((1, 2, 2), v, np.float32) for v in (0.0, 0.5, 1.0)], axis=1)  # [1,3,2,2]
+    scores = np.array([[0.0, 0.0, np.log(2.0)]])  # weights 1/4, 1/4, 1/2
+    assert np.allclose(fuse_levels(probs, scores), 0.25 * 0.0 + 0.25 * 0.5 + 0.5 * 1.0)
+
+
+def test_fuse_with_rough_and_scores():
+    rough = np.array([[0.2, 0.8]], np.float32)
+    assert fuse_with_rough(rough, None, 0.5) is rough or np.array_equal(fuse_with_rough(rough, None, 0.5), rough)
+    assert np.allclose(fuse_with_rough(rough, np.array([[1.0, 0.0]], np.float32), 0.25), [[0.4, 0.6]])
+    final = np.arange(100, dtype=np.float32).reshape(10, 10) / 100
+    assert image_score(final, MMRConfig()) == pytest.approx(0.99)
+    assert image_score(final, MMRConfig(image_score="topk", topk_fraction=0.05)) == pytest.approx(0.97)
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    torch.manual_seed(1)
+    return build_sam(TINY_SAM_CONFIG)
+
+
+def _rough(map_):
+    return RoughResult(rough_map=map_.astype(np.float16), clip_image_score=0.1, stage1_ms=0.0)
+
+
+def test_sam_skipped_when_no_component(tiny_sam):
+    refiner = MaskRefiner(tiny_sam, MMRConfig())
+    images = [np.zeros((120, 90, 3), np.uint8) for _ in range(3)]
+    preds = refiner(images, [_rough(np.full((32, 32), 0.3)) for _ in images])
+    assert refiner.sam.encoder_images == 0 and refiner.sam.decoder_calls == 0
+    for p in preds:
+        assert not p.sam_used and p.prompts == []
+        assert p.final_map.shape == (120, 90)
+        assert np.allclose(p.final_map, 0.3, atol=1e-3)
+        assert not p.mask.any()
+
+
+def test_sam_runs_only_for_prompted_images_one_decoder_call_each(tiny_sam):
+    refiner = MaskRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0))
+    spots = np.zeros((32, 32))
+    spots[4:8, 4:8] = spots[20:26, 18:30] = 0.9  # two components in one image
+    images = [np.full((64, 80, 3), 128, np.uint8) for _ in range(4)]
+    maps = [np.zeros((32, 32)), spots, np.zeros((32, 32)), spots]
+    preds = refiner(images, [_rough(m) for m in maps])
+    assert refiner.sam.encoder_calls == 1  # one batched encoder pass ...
+    assert refiner.sam.encoder_images == 2  # ... over the two prompted images only
+    assert refiner.sam.decoder_calls == 2  # one decoder call per prompted image, both components in it
+    assert [p.sam_used for p in preds] == [False, True, False, True]
+    p = preds[1]
+    assert len(p.prompts) == 2 and p.sam_scores.shape == (2, 3)
+    assert p.final_map.shape == (64, 80) and p.mask.shape == (64, 80)
+    assert 0.0 <= p.final_map.min() and p.final_map.max() <= 1.0
+    assert p.image_score == pytest.approx(float(p.final_map.max()))
+
+
+def test_decode_requires_prompts(tiny_sam):
+    refiner = SamRefiner(tiny_sam)
+    (emb,) = refiner.embed([np.zeros((40, 40, 3), np.uint8)])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        refiner.decode(emb, [])
