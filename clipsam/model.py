@@ -10,7 +10,6 @@ numpy on the CPU, in the original image frame unless stated otherwise.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -22,6 +21,7 @@ from torch import nn
 
 from .clip_features import ClipFeatureTap, preprocess_images
 from .config import ClipSAMConfig, MMRConfig
+from .device import autocast, forward_chunks
 from .mmr import ComponentPrompt, extract_prompts, fuse_with_rough, image_score
 from .prompts import TextMatrixCache
 from .sam_refiner import SamRefiner, upsample_map
@@ -78,13 +78,6 @@ class Prediction:
         return [p.points for p in self.prompts]
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (DESIGN §11); plain float32 on CPU, where autocast buys nothing."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class RoughMapper:
     """Stage 1: frozen CLIP taps + trained UMCI. Text matrices are cached per category."""
 
@@ -118,15 +111,17 @@ class RoughMapper:
         if not images:
             return []
         start = time.perf_counter()
-        batch = preprocess_images(list(images), self.config.clip).to(self.device)
         self.umci.eval()
-        with _autocast(self.device):
-            output, cls, text = self.forward_maps(batch, categories)
-            scores = clip_image_score(cls, text, self.config.umci.logit_scale)
-        maps = output.rough_map.float().cpu().numpy().astype(np.float16)
-        scores = scores.float().cpu().numpy()
+        maps, scores = [], []
+        for chunk in forward_chunks(list(zip(images, categories)), self.device):
+            batch = preprocess_images([image for image, _ in chunk], self.config.clip).to(self.device)
+            with autocast(self.device):
+                output, cls, text = self.forward_maps(batch, [category for _, category in chunk])
+                chunk_scores = clip_image_score(cls, text, self.config.umci.logit_scale)
+            maps.extend(output.rough_map.float().cpu().numpy().astype(np.float16))
+            scores.extend(chunk_scores.float().cpu().numpy().tolist())
         per_image_ms = (time.perf_counter() - start) * 1000.0 / len(images)
-        return [RoughResult(maps[i], float(scores[i]), per_image_ms) for i in range(len(images))]
+        return [RoughResult(m, float(s), per_image_ms) for m, s in zip(maps, scores)]
 
 
 class MaskRefiner:
@@ -143,7 +138,7 @@ class MaskRefiner:
         full_maps = [upsample_map(r.rough_map, img.shape[:2]) for img, r in zip(images, rough)]
         prompts = [extract_prompts(m, self.config) for m in full_maps]
         prompted = [i for i, p in enumerate(prompts) if p]
-        with _autocast(self.sam.device):
+        with autocast(self.sam.device):
             embeddings = dict(zip(prompted, self.sam.embed([images[i] for i in prompted])))
             sam_outputs = {i: self.sam.decode(embeddings[i], prompts[i]) for i in prompted}
         per_image_ms = (time.perf_counter() - start) * 1000.0 / max(1, len(images))

@@ -2,8 +2,8 @@
 
 Uses segment_anything's real `Sam` modules with SamPredictor's conventions (ResizeLongestSide to
 the encoder size, pixel-frame (x, y) prompts). It differs from SamPredictor in two ways that
-matter at scale: the image encoder runs on a batch of images at once, and only on images that
-have prompts (most line images are normal, so this is where the time goes); and every
+matter at scale: the image encoder runs on a batch of images at once (on CUDA), and only on
+images that have prompts (most line images are normal, so this is where the time goes); and every
 component of an image goes through the mask decoder in ONE batched call.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from .device import forward_chunks
 from .mmr import ComponentPrompt, fuse_levels
 
 # Components are upsampled to full resolution in chunks of this many, bounding memory
@@ -49,22 +50,23 @@ class SamRefiner:
 
     @torch.no_grad()
     def embed(self, images: list[np.ndarray]) -> list[SamEmbedding]:
-        """RGB uint8 images [H, W, 3] (any sizes) → one embedding each, in one encoder batch."""
-        if not images:
-            return []
-        inputs, sizes = [], []
-        for image in images:
-            resized = self.transform.apply_image(np.ascontiguousarray(image))
-            tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
-            sizes.append(tuple(tensor.shape[-2:]))
-            inputs.append(self.sam.preprocess(tensor[None])[0])
-        features = self.sam.image_encoder(torch.stack(inputs, dim=0))
-        self.encoder_calls += 1
-        self.encoder_images += len(images)
-        return [
-            SamEmbedding(features=features[i : i + 1], input_size=sizes[i], original_size=tuple(images[i].shape[:2]))
-            for i in range(len(images))
-        ]
+        """RGB uint8 images [H, W, 3] (any sizes) → one embedding each (see `forward_chunks`)."""
+        embeddings = []
+        for chunk in forward_chunks(images, self.device):
+            inputs, sizes = [], []
+            for image in chunk:
+                resized = self.transform.apply_image(np.ascontiguousarray(image))
+                tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
+                sizes.append(tuple(tensor.shape[-2:]))
+                inputs.append(self.sam.preprocess(tensor[None])[0])
+            features = self.sam.image_encoder(torch.stack(inputs, dim=0))
+            self.encoder_calls += 1
+            self.encoder_images += len(chunk)
+            embeddings.extend(
+                SamEmbedding(features=features[i : i + 1], input_size=sizes[i], original_size=tuple(image.shape[:2]))
+                for i, image in enumerate(chunk)
+            )
+        return embeddings
 
     @torch.no_grad()
     def decode(self, embedding: SamEmbedding, prompts: list[ComponentPrompt]) -> tuple[np.ndarray, np.ndarray]:

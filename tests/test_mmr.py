@@ -123,8 +123,8 @@ def test_sam_runs_only_for_prompted_images_one_decoder_call_each(tiny_sam):
     images = [np.full((64, 80, 3), 128, np.uint8) for _ in range(4)]
     maps = [np.zeros((32, 32)), spots, np.zeros((32, 32)), spots]
     preds = refiner(images, [_rough(m) for m in maps])
-    assert refiner.sam.encoder_calls == 1  # one batched encoder pass ...
-    assert refiner.sam.encoder_images == 2  # ... over the two prompted images only
+    assert refiner.sam.encoder_images == 2  # the two prompted images only
+    assert refiner.sam.encoder_calls == 2  # on CPU one forward pass per image (clipsam.device)
     assert refiner.sam.decoder_calls == 2  # one decoder call per prompted image, both components in it
     assert [p.sam_used for p in preds] == [False, True, False, True]
     p = preds[1]

@@ -1,0 +1,74 @@
+"""`./run_pipeline.sh --demo`: the whole job on bundled data and the tiny models, no arguments.
+
+Assembles one MVTec-AD-layout input folder from the real MVTec images bundled under
+tests/data/real (CC BY-NC-SA 4.0, see LICENSE_AND_SOURCES.md there) and seeded synthetic
+line images of two held-out synthetic categories, builds the tiny model store if it is not
+there yet, and runs the pipeline locally. Tiny models show the mechanics, not accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from clipsam.synthetic import TEST_CATEGORIES
+
+from .make_synthetic import write_synthetic_dataset
+from .run import main as run_main
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_ROOTS = [REPO / "tests/data/real/mvtec_ad", REPO / "tests/data/real/mvtec_ad_256"]
+DEMO_SYNTHETIC = TEST_CATEGORIES[:2]
+
+
+def prepare_input(workdir: Path) -> Path:
+    """<workdir>/input: real categories copied + synthetic categories generated (idempotent)."""
+    target = workdir / "input"
+    if (target / ".complete").exists():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    for root in REAL_ROOTS:
+        for category in sorted(p for p in root.iterdir() if p.is_dir()):
+            shutil.copytree(category, target / category.name)
+    write_synthetic_dataset(str(target), DEMO_SYNTHETIC, seed=0, size=256, n_train_good=0, n_test_good=4, n_test_defect=1)
+    (target / ".complete").touch()
+    return target
+
+
+def prepare_store(store: Path) -> Path:
+    if not (store / "tiny" / "manifest.json").exists():
+        from model_store.tiny import make_tiny
+
+        logging.getLogger("clipsam.demo").info("building the tiny model store at %s (first run only)", store)
+        make_tiny(str(store))
+    return store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run_pipeline.sh --demo", description=__doc__)
+    parser.add_argument("--workdir", default=str(REPO / ".cache" / "demo"), help="where demo inputs and the tiny store live")
+    parser.add_argument("--output", default=str(REPO / "out" / "demo"), help="output root (default ./out/demo)")
+    known, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    workdir = Path(known.workdir)
+    os.environ.setdefault("CLIPSAM_CACHE", str(workdir / "weights-cache"))
+    store = prepare_store(workdir / "model-store")
+    data = prepare_input(workdir)
+    args = [
+        f"--input={data}",
+        f"--output={known.output}",
+        f"--model_store={store}",
+        "--profile=tiny",
+        "--runner=FnApiRunner",
+        "--store_maps",
+        *extra,
+    ]
+    print("demo: python -m pipeline.run " + " ".join(args))
+    return run_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The job graph (DESIGN §3): read → stage 1 → stage 2 → records / failures / metrics.
+
+    units ─► ReadImages ─┬─► RunInference(CLIP+UMCI) ─► RunInference(SAM+MMR) ─► records-*.parquet
+                         │                                                    └─► metrics.json/.parquet
+                         └─► failures (read, stage 1, stage 2) ─────────────────► failures-*.parquet
+
+Every element that enters the graph leaves it as exactly one record or one failure row.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+
+from model_store.store import join_url
+from transforms.evaluate import EvaluatePerCategory, eval_items
+from transforms.read import FAILURES, IMAGES, ReadImages
+from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
+from transforms.stages import FAILED, ModelSpec, RefineHandler, RoughMapHandler, SplitResults
+from transforms.write import WriteParquetShards
+
+LOG = logging.getLogger(__name__)
+IMAGES_PER_SHARD = 5000
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """Everything the graph needs, resolved from the options before construction."""
+
+    run_dir: str
+    spec: ModelSpec
+    digests: dict[str, str]
+    run_id: str
+    batch_size: int
+    num_shards: int
+    store_maps: bool
+    evaluate: bool
+    eval_bins: int
+    pixel_limit: int
+    model_copies: int
+
+
+def default_num_shards(num_inputs: int) -> int:
+    return max(1, math.ceil(num_inputs / IMAGES_PER_SHARD))
+
+
+def _handler_kwargs(settings: GraphSettings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"min_batch_size": 1, "max_batch_size": settings.batch_size}
+    if settings.model_copies:
+        kwargs["model_copies"] = settings.model_copies
+    return kwargs
+
+
+def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -> dict[str, beam.PCollection]:
+    """Add the whole job to `pipeline`; returns the main PCollections (for tests and metrics)."""
+    read = pipeline | "ReadImages" >> ReadImages(units, pixel_limit=settings.pixel_limit)
+    images, read_failures = read[IMAGES], read[FAILURES]
+
+    stage1 = (
+        images
+        | "Stage1_CLIP_UMCI" >> RunInference(RoughMapHandler(settings.spec, **_handler_kwargs(settings)))
+        | "SplitStage1" >> beam.ParDo(SplitResults("stage1")).with_outputs(FAILED, main="ok")
+    )
+    stage2 = (
+        stage1.ok
+        | "Stage2_SAM_MMR" >> RunInference(RefineHandler(settings.spec, **_handler_kwargs(settings)))
+        | "SplitStage2" >> beam.ParDo(SplitResults("stage2")).with_outputs(FAILED, main="ok")
+    )
+    records = stage2.ok | "ToRecord" >> beam.ParDo(
+        ToRecord(run_id=settings.run_id, profile=settings.spec.profile, digests=settings.digests, store_maps=settings.store_maps)
+    )
+    written = records | "WriteRecords" >> WriteParquetShards(
+        join_url(settings.run_dir, "records"), RECORD_SCHEMA, settings.num_shards
+    )
+    failures = (
+        (read_failures, stage1[FAILED], stage2[FAILED])
+        | "AllFailures" >> beam.Flatten()
+        | "FailureRows" >> beam.Map(lambda f, run_id: f.to_row(run_id), run_id=settings.run_id)
+    )
+    failures | "WriteFailures" >> WriteParquetShards(join_url(settings.run_dir, "failures"), FAILURE_SCHEMA, 1)
+    outputs = {"images": images, "records": records, "failures": failures, "written": written}
+    if settings.evaluate:
+        outputs["metrics"] = (
+            stage2.ok
+            | "EvalItems" >> beam.FlatMap(eval_items)
+            | "Evaluate" >> EvaluatePerCategory(settings.run_dir, bins=settings.eval_bins)
+        )
+    return outputs
+

@@ -1,0 +1,85 @@
+"""The job's flags, as a Beam `PipelineOptions` subclass, and their validation.
+
+Every flag is checked before any work starts (before listing inputs or loading models): a
+nightly job that dies an hour in because of a typo in `--mask_threshold` costs a night.
+Errors name the flag.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+LAYOUTS = ("auto", "folder", "mvtec", "visa", "tar")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class OptionError(ValueError):
+    """An invalid flag value; the message names the flag."""
+
+
+class ClipSAMOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 (Beam's argparse wrapper)
+        add = parser.add_argument
+        add("--input", help="images to score: a folder/glob of images, tar shards, an MVTec-AD root or a VisA root "
+            "(any fsspec URL; several URLs separated by commas)")
+        add("--output", help="output root URL; results go to <output>/<run_id>/")
+        add("--model_store", help="model store root URL (see `python -m model_store`)")
+        add("--profile", default="tiny", help="model profile in the store (default: tiny)")
+        add("--layout", default="auto", choices=LAYOUTS, help="input layout; auto detects MVTec-AD, VisA, tar shards or plain images")
+        add("--category", default=None, help="category of every image when the layout does not say (default: from the layout, else 'object')")
+        add("--mask_threshold", type=float, default=None, help="final-map threshold of the defect mask (default: the profile's, 0.5)")
+        add("--prompt_threshold", type=float, default=None, help="rough-map threshold for SAM prompts (default: the profile's, 0.5)")
+        add("--alpha", type=float, default=None, help="weight of SAM in the final map (default: the profile's, 0.5)")
+        add("--batch_size", type=int, default=8, help="maximum images per model batch (default 8)")
+        add("--store_maps", action="store_true", default=False, help="keep the final anomaly map as a PNG (<= 256 px) in each record")
+        add("--eval", dest="evaluate", default="auto", choices=("auto", "on", "off"),
+            help="per-category metrics: auto = when the layout has ground truth (default)")
+        add("--eval_bins", type=int, default=65536, help="histogram bins of the metric accumulators (default 2^16)")
+        add("--run_id", default=None, help="name of this run's output folder (default: UTC timestamp); rerunning with the same id rewrites the same files")
+        add("--num_shards", type=int, default=0, help="record files to write (default: one per 5,000 images)")
+        add("--pixel_limit", type=int, default=64_000_000, help="images with more pixels become 'ImageTooLarge' failures (default 64 MP)")
+        add("--device", default="auto", choices=DEVICES, help="where the models run (default: CUDA when available)")
+        add("--model_copies", type=int, default=0,
+            help="share this many model copies per machine across SDK processes (0: one per process). Use 1 on GPU workers")
+        add("--report", default="on", choices=("on", "off"), help="write report.html next to the records (default on)")
+        add("--graph_only", action="store_true", default=False,
+            help="build and check the job graph, print it, and exit without running (works offline, any runner)")
+
+
+def default_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def validate(options: ClipSAMOptions) -> None:
+    """Raise OptionError for the first invalid flag; fills defaults that depend on others."""
+    for flag in ("input", "output", "model_store"):
+        if not getattr(options, flag):
+            raise OptionError(f"--{flag} is required")
+    for flag in ("mask_threshold", "prompt_threshold", "alpha"):
+        value = getattr(options, flag)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise OptionError(f"--{flag} must be in [0, 1], got {value}")
+    if options.batch_size < 1:
+        raise OptionError(f"--batch_size must be at least 1, got {options.batch_size}")
+    if options.num_shards < 0:
+        raise OptionError(f"--num_shards must be >= 0, got {options.num_shards}")
+    if options.eval_bins < 2:
+        raise OptionError(f"--eval_bins must be at least 2, got {options.eval_bins}")
+    if options.pixel_limit < 32 * 32:
+        raise OptionError(f"--pixel_limit must be at least 1024, got {options.pixel_limit}")
+    if options.model_copies < 0:
+        raise OptionError(f"--model_copies must be >= 0, got {options.model_copies}")
+    if options.run_id is None:
+        options.run_id = default_run_id()
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", options.run_id):
+        raise OptionError(f"--run_id may only hold letters, digits, '.', '_' and '-', got {options.run_id!r}")
+
+
+def mmr_overrides(options: ClipSAMOptions) -> dict[str, dict[str, float]]:
+    """The MMR settings the user changed on the command line (others keep the profile's)."""
+    changed = {k: getattr(options, k) for k in ("mask_threshold", "prompt_threshold", "alpha")}
+    changed = {k: v for k, v in changed.items() if v is not None}
+    return {"mmr": changed} if changed else {}

@@ -1,0 +1,137 @@
+"""After a run: read the outputs back, print where everything is, and write report.html.
+
+Reading the written files (rather than trusting in-memory counters) means the summary states
+what a consumer will actually find, on any runner.
+"""
+from __future__ import annotations
+
+import collections
+import html
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from clipsam.metrics import SCORE_METRICS
+from model_store.store import join_url
+
+SUMMARY_COLUMNS = ["image_id", "source_uri", "category", "image_score", "sam_used", "anomaly_area_fraction"]
+
+
+def read_rows(run_dir: str, kind: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """All rows of `<run_dir>/<kind>-*.parquet` (kind: records | failures), in file order."""
+    fs, path = fsspec.core.url_to_fs(run_dir)
+    rows: list[dict[str, Any]] = []
+    for name in sorted(fs.glob(f"{path.rstrip('/')}/{kind}-*.parquet")):
+        with fs.open(name, "rb") as handle:
+            rows.extend(pq.read_table(handle, columns=columns).to_pylist())
+    return rows
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    num_records: int
+    num_failures: int
+    sam_used: int
+    failures_by_type: dict[str, int]
+    categories: dict[str, int]
+    metrics: dict[str, Any] | None
+    elapsed_s: float
+    counters: dict[str, int] = field(default_factory=dict)  # the job's Beam counters (namespace clipsam)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        lines = [
+            f"run finished in {self.elapsed_s:.1f}s: {self.num_records} records, {self.num_failures} failures, "
+            f"SAM used on {self.sam_used} images",
+            "  counters: " + (_fmt_counts(self.counters) or "none reported by this runner"),
+            f"  records:  {self.files['records']}",
+            f"  failures: {self.files['failures']}" + (f"  ({_fmt_counts(self.failures_by_type)})" if self.failures_by_type else ""),
+        ]
+        if self.metrics is not None:
+            lines.append(f"  metrics:  {self.files['metrics']}")
+            mean = self.metrics.get("dataset", {}).get("mean", {})
+            if mean:
+                lines.append("  dataset mean: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(mean.items()) if v is not None))
+        if "report" in self.files:
+            lines.append(f"  report:   {self.files['report']}")
+        return "\n".join(lines)
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+
+
+def summarize_run(run_dir: str, *, counters: dict[str, int], elapsed_s: float, report: bool) -> RunSummary:
+    records = read_rows(run_dir, "records", SUMMARY_COLUMNS)
+    failures = read_rows(run_dir, "failures")
+    metrics_url = join_url(run_dir, "metrics.json")
+    fs, path = fsspec.core.url_to_fs(metrics_url)
+    metrics = json.loads(fs.cat_file(path)) if fs.exists(path) else None
+    summary = RunSummary(
+        run_dir=run_dir,
+        num_records=len(records),
+        num_failures=len(failures),
+        sam_used=sum(1 for r in records if r["sam_used"]),
+        failures_by_type=dict(collections.Counter(f["error_type"] for f in failures)),
+        categories=dict(collections.Counter(r["category"] for r in records)),
+        metrics=metrics,
+        elapsed_s=elapsed_s,
+        counters=counters,
+        files={
+            "records": join_url(run_dir, "records-*.parquet"),
+            "failures": join_url(run_dir, "failures-*.parquet"),
+            "metrics": metrics_url,
+        },
+    )
+    if report:
+        summary.files["report"] = write_report(summary, records, failures)
+    return summary
+
+
+def write_report(summary: RunSummary, records: list[dict], failures: list[dict]) -> str:
+    """A single self-contained HTML page: counts, metrics per category, top anomalies, failures."""
+    esc = html.escape
+    top = sorted(records, key=lambda r: -r["image_score"])[:25]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>ClipSAM run report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style>",
+        f"<h1>ClipSAM run {esc(summary.run_dir)}</h1>",
+        f"<p>{summary.num_records} records, {summary.num_failures} failures, SAM used on {summary.sam_used} images, "
+        f"{summary.elapsed_s:.1f} s.</p>",
+        "<h2>Images per category</h2>",
+        _table(["category", "images"], sorted(summary.categories.items())),
+    ]
+    if summary.metrics is not None:
+        per_category = summary.metrics.get("categories", {})
+        names = list(SCORE_METRICS)
+        rows = [[cat] + [_num(values.get(n)) for n in names] for cat, values in sorted(per_category.items())]
+        mean = summary.metrics.get("dataset", {}).get("mean", {})
+        rows.append(["<b>mean</b>"] + [_num(mean.get(n)) for n in names])
+        parts += ["<h2>Metrics</h2>", _table(["category", *names], rows, escape=False)]
+    parts += [
+        "<h2>Most anomalous images</h2>",
+        _table(["image_score", "category", "sam_used", "area", "source"],
+               [[f"{r['image_score']:.3f}", r["category"], r["sam_used"], f"{r['anomaly_area_fraction']:.4f}", r["source_uri"]] for r in top]),
+        "<h2>Failures</h2>",
+        _table(["stage", "error_type", "source", "message"], [[f["stage"], f["error_type"], f["source_uri"], f["message"][:300]] for f in failures]),
+    ]
+    url = join_url(summary.run_dir, "report.html")
+    with fsspec.open(url, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(parts))
+    return url
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _table(header: list[str], rows: list, escape: bool = True) -> str:
+    cell = html.escape if escape else str
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"

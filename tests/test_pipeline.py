@@ -1,0 +1,175 @@
+"""The whole job on FnApiRunner: mixed real/VisA/tar/broken input → Parquet records, failures, metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from pipeline.options import OptionError
+from pipeline.run import run
+from pipeline.summary import read_rows
+from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA
+
+from .conftest import tar_bytes
+
+VARYING = {"processed_at", "stage1_ms", "stage2_ms"}
+
+
+@pytest.fixture()
+def mixed_input(tmp_path, real_data_dir, visa_sample_dir, broken_inputs) -> tuple[list[str], int]:
+    """Comma-separated input URLs and the number of images (and unreadable shards) they hold."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    rng = np.random.default_rng(3)
+    members = []
+    for i in range(3):
+        buffer = __import__("io").BytesIO()
+        Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(buffer, "PNG")
+        members.append((f"sample{i}.png", buffer.getvalue()))
+    (shards / "line-000.tar").write_bytes(tar_bytes(members))
+    mvtec = real_data_dir / "mvtec_ad_256"
+    expected = (
+        sum(1 for _ in mvtec.glob("*/test/*/*.png"))
+        + 4  # VisA sample test split
+        + 3  # tar shard samples
+        + sum(len(c.failures) + c.images for c in broken_inputs.cases)
+    )
+    return [str(mvtec), str(visa_sample_dir), str(shards), str(broken_inputs.root)], expected
+
+
+def _run(inputs: list[str], store: str, out: Path, *extra: str, run_id: str = "t1"):
+    return run(
+        [
+            "--input=" + ",".join(inputs),
+            f"--output={out}",
+            f"--model_store={store}",
+            "--profile=tiny",
+            "--runner=FnApiRunner",
+            f"--run_id={run_id}",
+            "--batch_size=4",
+            "--store_maps",
+            *extra,
+        ]
+    )
+
+
+def _check_outputs(run_dir: Path, expected_inputs: int, summary) -> list[dict]:
+    records = read_rows(str(run_dir), "records")
+    failures = read_rows(str(run_dir), "failures")
+    assert len(records) + len(failures) == expected_inputs
+    assert len({r["image_id"] for r in records} | {f["image_id"] for f in failures}) == expected_inputs
+    for path in sorted(run_dir.glob("records-*.parquet")):
+        assert pq.read_schema(path).remove_metadata().equals(RECORD_SCHEMA)
+        assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert pq.read_schema(run_dir / "failures-00000-of-00001.parquet").remove_metadata().equals(FAILURE_SCHEMA)
+    for record in records:
+        rle = {"size": record["mask_rle"]["size"], "counts": record["mask_rle"]["counts"].encode()}
+        mask = coco_mask.decode(rle)
+        assert mask.shape == (record["height"], record["width"])
+        assert record["anomaly_area_fraction"] == pytest.approx(mask.mean())
+        assert record["sam_used"] == (len(record["boxes"]) > 0)
+        assert len(record["points"]) == len(record["boxes"])
+        png = Image.open(__import__("io").BytesIO(record["anomaly_map_png"]))
+        assert max(png.size) <= 256 and png.mode == "L"
+    by_type = sorted(f["error_type"] for f in failures)
+    assert by_type == sorted(
+        ["EmptyFile", "NotAnImage", "NotAnImage", "TruncatedImage", "TruncatedImage", "ImageTooSmall", "ImageTooLarge", "UnreadableShard"]
+    )
+    metrics = summary.metrics
+    assert set(metrics["categories"]) == {"hazelnut", "transistor", "candle_synth"}
+    assert (run_dir / "metrics.parquet").exists() and (run_dir / "report.html").exists()
+    # The SAM image encoder ran exactly for the images that had prompts (counted in the workers).
+    assert summary.counters["sam_encoder_images"] == sum(r["sam_used"] for r in records)
+    return records
+
+
+def test_mixed_input_in_process(mixed_input, tiny_store, tmp_path):
+    inputs, expected = mixed_input
+    summary = _run(inputs, tiny_store, tmp_path / "out")
+    records = _check_outputs(tmp_path / "out" / "t1", expected, summary)
+    assert {r["category"] for r in records} >= {"hazelnut", "transistor", "candle_synth", "object"}
+    converted = [r for r in records if r["decode_notes"]]
+    assert len(converted) >= 6  # 16-bit, RGBA, CMYK, palette, grey, EXIF: converted, not failed
+
+    # Same input, same run id: same files, same rows in the same order (timings aside).
+    def stable_rows(run_dir: Path) -> dict[str, list[dict]]:
+        tables = {p.name: pq.read_table(p) for p in run_dir.glob("*.parquet")}
+        return {name: t.drop([c for c in t.column_names if c in VARYING]).to_pylist() for name, t in tables.items()}
+
+    first = stable_rows(tmp_path / "out" / "t1")
+    _run(inputs, tiny_store, tmp_path / "out")
+    second = stable_rows(tmp_path / "out" / "t1")
+    assert first.keys() == second.keys()
+    for name in first:
+        assert first[name] == second[name], name
+
+
+def test_mixed_input_multi_processing(mixed_input, tiny_store, tmp_path, monkeypatch):
+    inputs, expected = mixed_input
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # worker processes import the project
+    summary = _run(inputs, tiny_store, tmp_path / "out", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    _check_outputs(tmp_path / "out" / "t1", expected, summary)
+
+
+def test_gcs_input_and_store_match_local(gcs_emulator, real_data_dir, tiny_store, tmp_path):
+    local_input = real_data_dir / "mvtec_ad_256"
+    gs_input = gcs_emulator.upload_tree(local_input, "inputs/mvtec_ad_256")
+    gs_store = gcs_emulator.upload_tree(Path(tiny_store), "models")
+    _run([gs_input], gs_store, tmp_path / "gs", run_id="gs")
+    _run([str(local_input)], tiny_store, tmp_path / "local", run_id="local")
+
+    def keyed(run_dir: Path, root: str) -> dict[str, dict]:
+        rows = read_rows(str(run_dir), "records")
+        return {r["source_uri"].split(root, 1)[1]: r for r in rows}
+
+    gs_rows = keyed(tmp_path / "gs" / "gs", "inputs/mvtec_ad_256")
+    local_rows = keyed(tmp_path / "local" / "local", "mvtec_ad_256")
+    assert gs_rows.keys() == local_rows.keys() and len(gs_rows) == 20
+    for key, row in gs_rows.items():
+        other = local_rows[key]
+        for column in ("category", "width", "height", "image_score", "mask_rle", "boxes", "sam_used", "model_digests"):
+            assert row[column] == other[column], (key, column)
+
+
+def test_dataflow_graph_builds_offline(real_data_dir, tiny_store, tmp_path, capsys):
+    result = run(
+        [
+            f"--input={real_data_dir / 'mvtec_ad_256'}",
+            f"--output={tmp_path}",
+            f"--model_store={tiny_store}",
+            "--runner=DataflowRunner",
+            "--project=fake-project",
+            "--region=us-central1",
+            "--temp_location=gs://fake-bucket/tmp",
+            "--graph_only",
+        ]
+    )
+    assert result is None
+    printed = capsys.readouterr().out
+    for step in ("ReadImages", "Stage1_CLIP_UMCI", "Stage2_SAM_MMR", "WriteRecords", "WriteFailures", "Evaluate"):
+        assert step in printed
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--mask_threshold=1.5", "--mask_threshold must be in [0, 1]"),
+        ("--batch_size=0", "--batch_size must be at least 1"),
+        ("--run_id=a/b", "--run_id may only hold"),
+        ("--profile=nope", "--model_store/--profile: no manifest for profile 'nope'"),
+    ],
+)
+def test_invalid_options_fail_before_any_work(flag, message, real_data_dir, tiny_store, tmp_path):
+    with pytest.raises(OptionError, match=message.replace("[", "\\[").replace("]", "\\]")):
+        run([f"--input={real_data_dir / 'mvtec_ad_256'}", f"--output={tmp_path}", f"--model_store={tiny_store}", flag])
+    assert not list(tmp_path.iterdir())
+
+
+def test_input_that_matches_nothing(tiny_store, tmp_path):
+    with pytest.raises(OptionError, match=f"--input: input '{tmp_path / 'nothing'}' matches no files"):
+        run([f"--input={tmp_path / 'nothing'}", f"--output={tmp_path / 'o'}", f"--model_store={tiny_store}"])

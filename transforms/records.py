@@ -1,0 +1,133 @@
+"""Output rows: the fixed pyarrow schemas of records and failures (DESIGN §5, README "Records").
+
+A record is everything a consumer needs about one image without the models: scores, the
+defect mask as COCO RLE, the SAM prompts, and provenance (profile, weight digests, code
+version, run id). Maps are optional (`--store_maps`) because they dominate the size.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+from typing import Any, Iterable
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from clipsam.model import Prediction
+from clipsam.rle import encode_mask
+
+from .elements import ImageElement
+from .progress import NAMESPACE
+
+PIPELINE_VERSION = "0.1.0"
+MAP_PNG_MAX_SIDE = 256
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("image_score", pa.float64(), nullable=False),
+        pa.field("clip_image_score", pa.float64(), nullable=False),
+        pa.field("max_pixel_score", pa.float64(), nullable=False),
+        pa.field("anomaly_area_fraction", pa.float64(), nullable=False),
+        pa.field("mask_threshold", pa.float64(), nullable=False),
+        pa.field(
+            "mask_rle",
+            pa.struct([pa.field("size", pa.list_(pa.int32(), 2)), pa.field("counts", pa.string())]),
+            nullable=False,
+        ),
+        pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4)), nullable=False),
+        pa.field("points", pa.list_(pa.list_(pa.list_(pa.float32(), 2))), nullable=False),
+        pa.field("sam_used", pa.bool_(), nullable=False),
+        pa.field("anomaly_map_png", pa.binary(), nullable=True),
+        pa.field("gt_label", pa.int8(), nullable=True),
+        pa.field("decode_notes", pa.list_(pa.string()), nullable=False),
+        pa.field("model_profile", pa.string(), nullable=False),
+        pa.field("model_digests", pa.map_(pa.string(), pa.string()), nullable=False),
+        pa.field("pipeline_version", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("processed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("stage1_ms", pa.float32(), nullable=False),
+        pa.field("stage2_ms", pa.float32(), nullable=False),
+    ]
+)
+
+FAILURE_SCHEMA = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+
+def map_png(final_map: np.ndarray, max_side: int = MAP_PNG_MAX_SIDE) -> bytes:
+    """M as an 8-bit grayscale PNG, long side at most `max_side` (value = round(255 · M))."""
+    height, width = final_map.shape
+    image = Image.fromarray(np.round(np.clip(final_map, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")
+    scale = max_side / max(height, width)
+    if scale < 1.0:
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def to_record(
+    element: ImageElement,
+    prediction: Prediction,
+    *,
+    run_id: str,
+    profile: str,
+    digests: dict[str, str],
+    store_maps: bool,
+) -> dict[str, Any]:
+    """One output row for one image (keys and types as RECORD_SCHEMA)."""
+    return {
+        "image_id": element.image_id,
+        "source_uri": element.source_uri,
+        "category": element.category,
+        "width": element.width,
+        "height": element.height,
+        "image_score": prediction.image_score,
+        "clip_image_score": prediction.clip_image_score,
+        "max_pixel_score": prediction.max_pixel_score,
+        "anomaly_area_fraction": float(prediction.mask.mean()),
+        "mask_threshold": prediction.mask_threshold,
+        "mask_rle": encode_mask(prediction.mask),
+        "boxes": [box.tolist() for box in prediction.boxes],
+        "points": [points.tolist() for points in prediction.points],
+        "sam_used": prediction.sam_used,
+        "anomaly_map_png": map_png(prediction.final_map) if store_maps else None,
+        "gt_label": element.label,
+        "decode_notes": list(element.notes),
+        "model_profile": profile,
+        "model_digests": sorted(digests.items()),
+        "pipeline_version": PIPELINE_VERSION,
+        "run_id": run_id,
+        "processed_at": dt.datetime.now(dt.timezone.utc),
+        "stage1_ms": prediction.stage1_ms,
+        "stage2_ms": prediction.stage2_ms,
+    }
+
+
+class ToRecord(beam.DoFn):
+    """(ImageElement, Prediction) → record row; counts how many records used SAM."""
+
+    def __init__(self, *, run_id: str, profile: str, digests: dict[str, str], store_maps: bool) -> None:
+        self.settings = {"run_id": run_id, "profile": profile, "digests": digests, "store_maps": store_maps}
+        self.with_sam = beam.metrics.Metrics.counter(NAMESPACE, "records_with_sam")
+
+    def process(self, pair: tuple) -> Iterable[dict[str, Any]]:
+        element, prediction = pair
+        if prediction.sam_used:
+            self.with_sam.inc()
+        yield to_record(element, prediction, **self.settings)

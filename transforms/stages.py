@@ -1,0 +1,146 @@
+"""The two model stages as Beam `ModelHandler`s, used with `RunInference`.
+
+A handler only knows how to load its model from the model store and run one batch (the model
+math is in `clipsam`); batching, model sharing across processes and retries are Beam's
+business. Each handler keeps only the store URL, profile and settings, so nothing heavy is
+pickled into the job graph; the model is built in `load_model` on the worker, once per process
+(or once per machine with `model_copies`/`large_model`).
+
+One bad image must not fail its batch-mates: when a batch raises, each element is retried
+alone and the ones that still fail come out as `Failure`s.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from clipsam.model import MaskRefiner, Prediction, RoughMapper, RoughResult
+
+from .elements import STAGE_CLIP, STAGE_SAM, Failure, ImageElement
+from .progress import NAMESPACE, ProgressLog
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a stage's model comes from, and how it runs (picklable, small)."""
+
+    model_store: str
+    profile: str
+    device: Optional[str] = None  # None: CUDA when available, else CPU
+    overrides: Optional[dict[str, dict[str, Any]]] = None  # ClipSAMConfig sections, e.g. {"mmr": {...}}
+
+
+def _failure(element: ImageElement, stage: str, exc: BaseException) -> Failure:
+    message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return Failure(element.source_uri, element.image_id, stage, type(exc).__name__, message[:2000])
+
+
+def run_isolated(
+    batch: Sequence[Any], run: Callable[[Sequence[Any]], list[Any]], element_of: Callable[[Any], ImageElement], stage: str
+) -> list[Any]:
+    """`run(batch)`, or, if it raises, `run([x])` for each x; per-element errors become Failures."""
+    try:
+        return run(batch)
+    except Exception as exc:  # a batch error: find out which element(s) caused it
+        if len(batch) == 1:
+            LOG.warning("%s failed for %s: %s", stage, element_of(batch[0]).source_uri, exc)
+            return [_failure(element_of(batch[0]), stage, exc)]
+        LOG.warning("%s failed on a batch of %d (%s); retrying one by one", stage, len(batch), exc)
+    outputs = []
+    for item in batch:
+        try:
+            outputs.extend(run([item]))
+        except Exception as exc:
+            LOG.warning("%s failed for %s: %s", stage, element_of(item).source_uri, exc)
+            outputs.append(_failure(element_of(item), stage, exc))
+    return outputs
+
+
+class RoughMapHandler(ModelHandler[ImageElement, PredictionResult, RoughMapper]):
+    """Stage 1: CLIP + UMCI. Input ImageElement; inference is a RoughResult or a Failure."""
+
+    def __init__(self, spec: ModelSpec, **batching_and_sharing: Any) -> None:
+        super().__init__(**batching_and_sharing)
+        self.spec = spec
+
+    def load_model(self) -> RoughMapper:
+        from model_store.loading import load_rough_mapper
+
+        return load_rough_mapper(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)
+
+    def run_inference(
+        self, batch: Sequence[ImageElement], model: RoughMapper, inference_args: Optional[dict[str, Any]] = None
+    ) -> Iterable[PredictionResult]:
+        def run(items: Sequence[ImageElement]) -> list[RoughResult]:
+            return model([e.image for e in items], [e.category for e in items])
+
+        outputs = run_isolated(batch, run, lambda e: e, STAGE_CLIP)
+        return [PredictionResult(e, out) for e, out in zip(batch, outputs)]
+
+    def get_num_bytes(self, batch: Sequence[ImageElement]) -> int:
+        return sum(e.image.nbytes for e in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{NAMESPACE}_stage1"
+
+
+class RefineHandler(ModelHandler[tuple, PredictionResult, MaskRefiner]):
+    """Stage 2: SAM + MMR. Input (ImageElement, RoughResult); inference is a Prediction or a Failure.
+
+    Counts the images that really went through SAM's image encoder (`sam_encoder_images`), so a
+    run can show the encoder ran only for images with prompts.
+    """
+
+    def __init__(self, spec: ModelSpec, **batching_and_sharing: Any) -> None:
+        super().__init__(**batching_and_sharing)
+        self.spec = spec
+        self._encoded = beam.metrics.Metrics.counter(NAMESPACE, "sam_encoder_images")
+
+    def load_model(self) -> MaskRefiner:
+        from model_store.loading import load_refiner
+
+        return load_refiner(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)
+
+    def run_inference(
+        self, batch: Sequence[tuple], model: MaskRefiner, inference_args: Optional[dict[str, Any]] = None
+    ) -> Iterable[PredictionResult]:
+        def run(items: Sequence[tuple]) -> list[Prediction]:
+            before = model.sam.encoder_images
+            predictions = model([e.image for e, _ in items], [r for _, r in items])
+            self._encoded.inc(model.sam.encoder_images - before)
+            return predictions
+
+        outputs = run_isolated(batch, run, lambda item: item[0], STAGE_SAM)
+        return [PredictionResult(item[0], out) for item, out in zip(batch, outputs)]
+
+    def get_num_bytes(self, batch: Sequence[tuple]) -> int:
+        return sum(e.image.nbytes for e, _ in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{NAMESPACE}_stage2"
+
+
+FAILED = "failed"
+
+
+class SplitResults(beam.DoFn):
+    """PredictionResult(element, result or Failure) → (element, result) on the main output, or
+    the Failure on the FAILED output; counts both for progress."""
+
+    def __init__(self, stage: str) -> None:
+        self.progress = ProgressLog(stage)
+
+    def process(self, result: PredictionResult) -> Iterable[Any]:
+        if isinstance(result.inference, Failure):
+            self.progress.failed()
+            yield beam.pvalue.TaggedOutput(FAILED, result.inference)
+        else:
+            self.progress.done()
+            yield result.example, result.inference
