@@ -20,8 +20,9 @@ from model_store.store import join_url
 from transforms.evaluate import EvaluatePerCategory, eval_items
 from transforms.read import FAILURES, IMAGES, ReadImages
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
-from transforms.stages import FAILED, ModelSpec, RefineHandler, RoughMapHandler, SplitResults
-from transforms.write import WriteParquetShards
+from transforms.routing import split_failures
+from transforms.stages import CountResults, ModelSpec, RefineHandler, RoughMapHandler
+from transforms.write import WriteParquetShards, WriteSuccessMarker
 
 LOG = logging.getLogger(__name__)
 IMAGES_PER_SHARD = 5000
@@ -60,34 +61,39 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -
     read = pipeline | "ReadImages" >> ReadImages(units, pixel_limit=settings.pixel_limit)
     images, read_failures = read[IMAGES], read[FAILURES]
 
-    stage1 = (
+    stage1, stage1_failures = split_failures(
         images
         | "Stage1_CLIP_UMCI" >> RunInference(RoughMapHandler(settings.spec, **_handler_kwargs(settings)))
-        | "SplitStage1" >> beam.ParDo(SplitResults("stage1")).with_outputs(FAILED, main="ok")
+        | "CountStage1" >> beam.ParDo(CountResults("stage1")),
+        "Stage1",
     )
-    stage2 = (
-        stage1.ok
+    stage2, stage2_failures = split_failures(
+        stage1
         | "Stage2_SAM_MMR" >> RunInference(RefineHandler(settings.spec, **_handler_kwargs(settings)))
-        | "SplitStage2" >> beam.ParDo(SplitResults("stage2")).with_outputs(FAILED, main="ok")
+        | "CountStage2" >> beam.ParDo(CountResults("stage2")),
+        "Stage2",
     )
-    records = stage2.ok | "ToRecord" >> beam.ParDo(
+    records = stage2 | "ToRecord" >> beam.ParDo(
         ToRecord(run_id=settings.run_id, profile=settings.spec.profile, digests=settings.digests, store_maps=settings.store_maps)
     )
     written = records | "WriteRecords" >> WriteParquetShards(
         join_url(settings.run_dir, "records"), RECORD_SCHEMA, settings.num_shards
     )
     failures = (
-        (read_failures, stage1[FAILED], stage2[FAILED])
+        (read_failures, stage1_failures, stage2_failures)
         | "AllFailures" >> beam.Flatten()
         | "FailureRows" >> beam.Map(lambda f, run_id: f.to_row(run_id), run_id=settings.run_id)
     )
-    failures | "WriteFailures" >> WriteParquetShards(join_url(settings.run_dir, "failures"), FAILURE_SCHEMA, 1)
-    outputs = {"images": images, "records": records, "failures": failures, "written": written}
+    files = [
+        written,
+        failures | "WriteFailures" >> WriteParquetShards(join_url(settings.run_dir, "failures"), FAILURE_SCHEMA, 1),
+    ]
     if settings.evaluate:
-        outputs["metrics"] = (
-            stage2.ok
+        files.append(
+            stage2
             | "EvalItems" >> beam.FlatMap(eval_items)
             | "Evaluate" >> EvaluatePerCategory(settings.run_dir, bins=settings.eval_bins)
         )
-    return outputs
+    marker = tuple(files) | "AllWrittenFiles" >> beam.Flatten() | "Success" >> WriteSuccessMarker(settings.run_dir, settings.run_id)
+    return {"images": images, "records": records, "failures": failures, "marker": marker}
 

@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from model_store.errors import ModelStoreError
 from model_store.store import ModelStore, join_url
-from transforms.layouts import list_inputs
+from transforms.layouts import KIND_IMAGE, list_inputs
 from transforms.progress import NAMESPACE
 from transforms.stages import ModelSpec
 
@@ -120,8 +120,15 @@ def run(argv: list[str]) -> RunSummary | None:
     start = time.monotonic()
     result = pipeline.run()
     result.wait_until_finish()
-    summary = summarize_run(settings.run_dir, counters=beam_counters(result), elapsed_s=time.monotonic() - start,
-                            report=prepared.options.report == "on")
+    if hasattr(result, "client"):  # DaskRunner leaves its dask.distributed client open
+        result.client.close()
+    summary = summarize_run(
+        settings.run_dir,
+        expected_uris={u.uri for u in prepared.units if u.kind == KIND_IMAGE},
+        counters=beam_counters(result),
+        elapsed_s=time.monotonic() - start,
+        report=prepared.options.report == "on",
+    )
     print(summary.text())
     return summary
 
@@ -129,11 +136,11 @@ def run(argv: list[str]) -> RunSummary | None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run(sys.argv[1:] if argv is None else argv)
+        summary = run(sys.argv[1:] if argv is None else argv)
     except OptionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if summary is not None and summary.missing else 0
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class RunSummary:
     metrics: dict[str, Any] | None
     elapsed_s: float
     counters: dict[str, int] = field(default_factory=dict)  # the job's Beam counters (namespace clipsam)
+    missing: list[str] = field(default_factory=list)  # listed inputs with no record and no failure row
     files: dict[str, str] = field(default_factory=dict)
 
     def text(self) -> str:
@@ -56,6 +57,9 @@ class RunSummary:
             mean = self.metrics.get("dataset", {}).get("mean", {})
             if mean:
                 lines.append("  dataset mean: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(mean.items()) if v is not None))
+        if self.missing:
+            lines.append(f"  ERROR: {len(self.missing)} listed images have neither a record nor a failure row "
+                         f"(the runner lost them), e.g. {self.missing[0]}")
         if "report" in self.files:
             lines.append(f"  report:   {self.files['report']}")
         return "\n".join(lines)
@@ -65,9 +69,14 @@ def _fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
 
 
-def summarize_run(run_dir: str, *, counters: dict[str, int], elapsed_s: float, report: bool) -> RunSummary:
+def summarize_run(
+    run_dir: str, *, expected_uris: set[str], counters: dict[str, int], elapsed_s: float, report: bool
+) -> RunSummary:
+    """Read a finished run back. `expected_uris`: the image files listed at launch; any of them
+    with neither a record nor a failure row is reported as missing (a runner lost it)."""
     records = read_rows(run_dir, "records", SUMMARY_COLUMNS)
     failures = read_rows(run_dir, "failures")
+    seen = {r["source_uri"] for r in records} | {f["source_uri"] for f in failures}
     metrics_url = join_url(run_dir, "metrics.json")
     fs, path = fsspec.core.url_to_fs(metrics_url)
     metrics = json.loads(fs.cat_file(path)) if fs.exists(path) else None
@@ -81,6 +90,7 @@ def summarize_run(run_dir: str, *, counters: dict[str, int], elapsed_s: float, r
         metrics=metrics,
         elapsed_s=elapsed_s,
         counters=counters,
+        missing=sorted(expected_uris - seen),
         files={
             "records": join_url(run_dir, "records-*.parquet"),
             "failures": join_url(run_dir, "failures-*.parquet"),

@@ -24,7 +24,8 @@ from PIL import Image
 from tests.conftest import BrokenInputs, GcsEmulator, tar_bytes
 from transforms.elements import STAGE_DECODE, STAGE_READ, Failure, ImageElement, make_image_id
 from transforms.layouts import InputUnit, list_inputs
-from transforms.read import FAILURES, IMAGES, METRICS_NAMESPACE, ReadImages, read_unit
+from transforms.progress import NAMESPACE as METRICS_NAMESPACE
+from transforms.read import FAILURES, IMAGES, ReadImages, read_unit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -497,8 +498,8 @@ class TestReadImagesPipeline:
         bases = [local_url(broken_inputs.root), local_url(visa_sample_dir), local_url(mvtec)]
         result = run_read_pipeline(ReadImages(units), bases, expected, PipelineOptions())
         failures = sum(1 for row in expected if row[0] == "failure")
-        assert counter(result, "read_failures") == failures == 8
-        assert counter(result, "images_read") == len(expected) - failures == 21
+        assert counter(result, "read_failed") == failures == 8
+        assert counter(result, "read_ok") == len(expected) - failures == 21
 
     def test_from_url_lists_at_construction(self, tmp_path: Path, visa_sample_dir: Path):
         with pytest.raises(ValueError, match="matches no files"):

@@ -36,8 +36,7 @@ from typing import Iterator, Optional, Sequence, Union
 import apache_beam as beam
 import fsspec
 import numpy as np
-from apache_beam.metrics import Metrics
-from apache_beam.pvalue import PBegin, PCollection, TaggedOutput
+from apache_beam.pvalue import PBegin, PCollection
 
 from transforms.decode import (
     DEFAULT_MIN_SIDE,
@@ -48,12 +47,13 @@ from transforms.decode import (
 )
 from transforms.elements import STAGE_DECODE, STAGE_READ, Failure, ImageElement, make_image_id
 from transforms.layouts import IMAGE_EXTENSIONS, KIND_IMAGE, InputUnit, list_inputs
+from transforms.progress import ProgressLog
+from transforms.routing import split_failures
 
 logger = logging.getLogger(__name__)
 
 IMAGES = "images"
 FAILURES = "failures"
-METRICS_NAMESPACE = "clipsam"
 
 # error_type values produced here (decode errors come from transforms.decode).
 FILE_NOT_FOUND = "FileNotFound"
@@ -238,32 +238,21 @@ def _sample_output(
 
 
 class ReadUnitFn(beam.DoFn):
-    """Read one unit; main output ImageElement, tagged output FAILURES for Failure."""
+    """Read one unit; outputs ImageElements and Failures (see `routing.split_failures`)."""
 
-    def __init__(self, pixel_limit: int, min_side: int, log_every: int = 500):
+    def __init__(self, pixel_limit: int, min_side: int):
         self._pixel_limit = pixel_limit
         self._min_side = min_side
-        self._log_every = log_every
-        self._images_read = Metrics.counter(METRICS_NAMESPACE, "images_read")
-        self._read_failures = Metrics.counter(METRICS_NAMESPACE, "read_failures")
+        self._progress = ProgressLog("read")
 
-    def setup(self) -> None:
-        self._done = 0
-        self._failed = 0
-
-    def process(self, unit: InputUnit) -> Iterator[Union[ImageElement, TaggedOutput]]:
+    def process(self, unit: InputUnit) -> Iterator[Union[ImageElement, Failure]]:
         for output in read_unit(unit, self._pixel_limit, self._min_side):
-            self._done += 1
             if isinstance(output, Failure):
-                self._failed += 1
-                self._read_failures.inc()
                 logger.warning("read failure %s: %s", output.error_type, output.message)
-                yield TaggedOutput(FAILURES, output)
+                self._progress.failed()
             else:
-                self._images_read.inc()
-                yield output
-            if self._done % self._log_every == 0:
-                logger.info("read %d inputs in this worker (%d failures)", self._done, self._failed)
+                self._progress.done()
+            yield output
 
 
 class ReadImages(beam.PTransform):
@@ -302,14 +291,11 @@ class ReadImages(beam.PTransform):
         return cls(units, pixel_limit=pixel_limit, min_side=min_side)
 
     def expand(self, pbegin: PBegin) -> dict[str, PCollection]:
-        outputs = (
+        read = (
             pbegin
             | "ListedUnits" >> beam.Create(self._units)
             | "SpreadUnits" >> beam.Reshuffle()
-            | "ReadUnits"
-            >> beam.ParDo(ReadUnitFn(self._pixel_limit, self._min_side)).with_outputs(
-                FAILURES, main=IMAGES
-            )
+            | "ReadUnits" >> beam.ParDo(ReadUnitFn(self._pixel_limit, self._min_side))
         )
-        images = outputs[IMAGES] | "SpreadImages" >> beam.Reshuffle()
-        return {IMAGES: images, FAILURES: outputs[FAILURES]}
+        images, failures = split_failures(read, "Read")
+        return {IMAGES: images | "SpreadImages" >> beam.Reshuffle(), FAILURES: failures}

@@ -127,12 +127,9 @@ class RefineHandler(ModelHandler[tuple, PredictionResult, MaskRefiner]):
         return f"{NAMESPACE}_stage2"
 
 
-FAILED = "failed"
-
-
-class SplitResults(beam.DoFn):
-    """PredictionResult(element, result or Failure) → (element, result) on the main output, or
-    the Failure on the FAILED output; counts both for progress."""
+class CountResults(beam.DoFn):
+    """PredictionResult(element, result or Failure) → (element, result), or the Failure as is
+    (split later by `routing.split_failures`); counts both for progress."""
 
     def __init__(self, stage: str) -> None:
         self.progress = ProgressLog(stage)
@@ -140,7 +137,7 @@ class SplitResults(beam.DoFn):
     def process(self, result: PredictionResult) -> Iterable[Any]:
         if isinstance(result.inference, Failure):
             self.progress.failed()
-            yield beam.pvalue.TaggedOutput(FAILED, result.inference)
+            yield result.inference
         else:
             self.progress.done()
             yield result.example, result.inference

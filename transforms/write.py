@@ -10,6 +10,7 @@ rely on the full set.
 """
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from typing import Any, Iterable
@@ -74,4 +75,32 @@ class WriteParquetShards(beam.PTransform):
             | "Together" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShard(self.prefix, n, self.schema))
+        )
+
+
+def _write_success(urls: list[str], run_dir: str, run_id: str) -> str:
+    marker = f"{run_dir.rstrip('/')}/_SUCCESS.json"
+    with fsspec.open(marker, "w", encoding="utf-8") as handle:
+        json.dump({"run_id": run_id, "files": sorted(urls)}, handle, indent=2)
+    LOG.info("run %s complete: %d files listed in %s", run_id, len(urls), marker)
+    return marker
+
+
+class WriteSuccessMarker(beam.PTransform):
+    """File URLs written by every sink → `<run_dir>/_SUCCESS.json`, written once, after all of them.
+
+    A nightly consumer can wait for this one file instead of guessing when a run is complete.
+    It also joins every branch of the graph into one final step, which runners that compute
+    only the last transform's lineage (Beam's DaskRunner) need to execute every sink.
+    """
+
+    def __init__(self, run_dir: str, run_id: str) -> None:
+        super().__init__()
+        self.run_dir, self.run_id = run_dir, run_id
+
+    def expand(self, urls: beam.PCollection) -> beam.PCollection:
+        return (
+            urls
+            | "AllFiles" >> beam.combiners.ToList()
+            | "WriteMarker" >> beam.Map(_write_success, run_dir=self.run_dir, run_id=self.run_id)
         )

@@ -1,0 +1,27 @@
+"""Separating failures from good elements without multi-output DoFns.
+
+Stages emit either a good element or a `Failure` on their single output; two cheap filters then
+route them. Tagged outputs (`with_outputs`) would do the same in one step, but Beam's DaskRunner
+does not keep tagged outputs apart, and this form runs the same on every runner (the filters
+fuse with the producing step, so nothing is materialised twice).
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from .elements import Failure
+
+
+def _is_failure(value: object) -> bool:
+    return isinstance(value, Failure)
+
+
+def _is_good(value: object) -> bool:
+    return not isinstance(value, Failure)
+
+
+def split_failures(values: beam.PCollection, label: str) -> tuple[beam.PCollection, beam.PCollection]:
+    """(good elements, Failure rows) of a PCollection that mixes both."""
+    good = values | f"{label}Ok" >> beam.Filter(_is_good)
+    failed = values | f"{label}Failed" >> beam.Filter(_is_failure)
+    return good, failed
