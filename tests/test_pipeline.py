@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from pipeline.evaluate import evaluate_records
 from pipeline.options import OptionError
 from pipeline.run import run
 from pipeline.summary import read_rows
@@ -95,6 +96,15 @@ def test_mixed_input_in_process(mixed_input, tiny_store, tmp_path):
     assert {r["category"] for r in records} >= {"hazelnut", "transistor", "candle_synth", "object"}
     converted = [r for r in records if r["decode_notes"]]
     assert len(converted) >= 6  # 16-bit, RGBA, CMYK, palette, grey, EXIF: converted, not failed
+
+    # Metrics recomputed from the stored 8-bit maps, without the models, agree with the run's.
+    again = evaluate_records(str(tmp_path / "out" / "t1"), ",".join(inputs[:2]))
+    assert again.keys() == summary.metrics["categories"].keys()
+    for category, values in again.items():
+        original = summary.metrics["categories"][category]
+        assert values["counts"] == original["counts"]
+        for metric in ("pixel_auroc", "pixel_aupro", "image_auroc"):
+            assert values[metric] == pytest.approx(original[metric], abs=0.02), (category, metric)
 
     # Same input, same run id: same files, same rows in the same order (timings aside).
     def stable_rows(run_dir: Path) -> dict[str, list[dict]]:

@@ -1,0 +1,53 @@
+"""pipeline.threshold: a mask threshold from the stored maps of normal images."""
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsam.model import Prediction
+from pipeline.threshold import main, normal_thresholds
+from transforms.elements import ImageElement, make_image_id
+from transforms.records import RECORD_SCHEMA, to_record
+from transforms.write import write_parquet
+
+
+def _record(category: str, final_map: np.ndarray, index: int) -> dict:
+    h, w = final_map.shape
+    uri = f"file:///line/{category}/{index:03d}.png"
+    element = ImageElement(make_image_id(uri), uri, category, np.zeros((h, w, 3), np.uint8))
+    prediction = Prediction(
+        rough_map=final_map, final_map=final_map, mask=final_map >= 0.5, prompts=[], sam_scores=np.zeros((0, 3)),
+        image_score=float(final_map.max()), clip_image_score=0.1, max_pixel_score=float(final_map.max()),
+        mask_threshold=0.5, sam_used=False,
+    )
+    return to_record(element, prediction, run_id="r", profile="tiny", digests={}, store_maps=True)
+
+
+def test_thresholds_are_quantiles_of_stored_maps(tmp_path):
+    rng = np.random.default_rng(0)
+    maps = {"washer": [rng.beta(2, 8, (120, 90)).astype(np.float32) for _ in range(3)],
+            "bolt": [rng.beta(5, 5, (64, 64)).astype(np.float32) for _ in range(2)]}
+    rows = [_record(cat, m, i) for cat, ms in maps.items() for i, m in enumerate(ms)]
+    write_parquet(str(tmp_path / "records-00000-of-00001.parquet"), rows, RECORD_SCHEMA)
+    found = normal_thresholds(str(tmp_path), 0.99)
+    assert found.keys() == {"washer", "bolt"}
+    for category, ms in maps.items():
+        stored = np.concatenate([np.asarray(Image.open(io.BytesIO(r["anomaly_map_png"])), np.float32).ravel() / 255
+                                 for r in rows if r["category"] == category])
+        assert found[category]["pixels"] == stored.size
+        assert found[category]["mask_threshold"] == pytest.approx(np.quantile(stored, 0.99), abs=1e-4)
+        assert (stored >= found[category]["mask_threshold"]).mean() <= 0.01
+
+
+def test_cli_prints_json_and_rejects_missing_maps(tmp_path, capsys):
+    row = _record("washer", np.full((40, 40), 0.25, np.float32), 0)
+    write_parquet(str(tmp_path / "records-00000-of-00001.parquet"), [row], RECORD_SCHEMA)
+    assert main([f"--records={tmp_path}", "--quantile=0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["washer"]["mask_threshold"] == pytest.approx(64 / 255, abs=1e-4)
+    row["anomaly_map_png"] = None
+    write_parquet(str(tmp_path / "records-00000-of-00001.parquet"), [row], RECORD_SCHEMA)
+    assert main([f"--records={tmp_path}"]) == 2
+    assert "run the pipeline with --store_maps" in capsys.readouterr().err
+    assert main([f"--records={tmp_path}", "--quantile=1.5"]) == 2
