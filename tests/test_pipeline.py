@@ -126,6 +126,15 @@ def test_mixed_input_multi_processing(mixed_input, tiny_store, tmp_path, monkeyp
     _check_outputs(tmp_path / "out" / "t1", expected, summary)
 
 
+def test_one_shared_model_copy_across_worker_processes(visa_sample_dir, tiny_store, tmp_path, monkeypatch):
+    """--model_copies=1: both SDK processes call one model copy through Beam's process proxy."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    summary = _run([str(visa_sample_dir)], tiny_store, tmp_path / "out", "--model_copies=1",
+                   "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert summary.num_records == 4 and summary.num_failures == 0 and summary.missing == []
+    assert summary.counters["sam_encoder_images"] == summary.sam_used
+
+
 def test_gcs_input_and_store_match_local(gcs_emulator, real_data_dir, tiny_store, tmp_path):
     local_input = real_data_dir / "mvtec_ad_256"
     gs_input = gcs_emulator.upload_tree(local_input, "inputs/mvtec_ad_256")

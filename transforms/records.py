@@ -19,7 +19,6 @@ from clipsam.model import Prediction
 from clipsam.rle import encode_mask
 
 from .elements import ImageElement
-from .progress import NAMESPACE
 
 PIPELINE_VERSION = "0.1.0"
 MAP_PNG_MAX_SIDE = 256
@@ -120,14 +119,11 @@ def to_record(
 
 
 class ToRecord(beam.DoFn):
-    """(ImageElement, Prediction) → record row; counts how many records used SAM."""
+    """(ImageElement, Prediction) → record row."""
 
     def __init__(self, *, run_id: str, profile: str, digests: dict[str, str], store_maps: bool) -> None:
         self.settings = {"run_id": run_id, "profile": profile, "digests": digests, "store_maps": store_maps}
-        self.with_sam = beam.metrics.Metrics.counter(NAMESPACE, "records_with_sam")
 
     def process(self, pair: tuple) -> Iterable[dict[str, Any]]:
         element, prediction = pair
-        if prediction.sam_used:
-            self.with_sam.inc()
         yield to_record(element, prediction, **self.settings)

@@ -94,8 +94,8 @@ class RoughMapHandler(ModelHandler[ImageElement, PredictionResult, RoughMapper])
 class RefineHandler(ModelHandler[tuple, PredictionResult, MaskRefiner]):
     """Stage 2: SAM + MMR. Input (ImageElement, RoughResult); inference is a Prediction or a Failure.
 
-    Counts the images that really went through SAM's image encoder (`sam_encoder_images`), so a
-    run can show the encoder ran only for images with prompts.
+    Counts the images that went through SAM's image encoder (`sam_encoder_images`), so a run can
+    show the encoder ran only for images with prompts.
     """
 
     def __init__(self, spec: ModelSpec, **batching_and_sharing: Any) -> None:
@@ -112,9 +112,10 @@ class RefineHandler(ModelHandler[tuple, PredictionResult, MaskRefiner]):
         self, batch: Sequence[tuple], model: MaskRefiner, inference_args: Optional[dict[str, Any]] = None
     ) -> Iterable[PredictionResult]:
         def run(items: Sequence[tuple]) -> list[Prediction]:
-            before = model.sam.encoder_images
             predictions = model([e.image for e, _ in items], [r for _, r in items])
-            self._encoded.inc(model.sam.encoder_images - before)
+            # `sam_used` is set where SAM's encoder actually embedded the image. Counted from the
+            # results because with model_copies the model is a proxy to another process.
+            self._encoded.inc(sum(p.sam_used for p in predictions))
             return predictions
 
         outputs = run_isolated(batch, run, lambda item: item[0], STAGE_SAM)
