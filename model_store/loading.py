@@ -59,13 +59,6 @@ def open_profile(url: str, profile: str) -> tuple[ModelStore, Manifest, ClipSAMC
     return store, manifest, ClipSAMConfig.from_dict(manifest.clipsam_config)
 
 
-def build_rough_mapper(manifest: Manifest, config: ClipSAMConfig, device: str) -> tuple[RoughMapper, nn.Module]:
-    """Modules of stage 1 with the manifest's configs (random weights); returns (mapper, clip)."""
-    clip = build_clip(manifest.clip_config)
-    mapper = RoughMapper(clip, clip_tokenizer(manifest.clip_config), UMCI(config.umci), config, device=device)
-    return mapper, clip
-
-
 def load_rough_mapper(url: str, profile: str, device: str | None = None, *, overrides: dict[str, Any] | None = None) -> RoughMapper:
     """Stage 1 (CLIP + UMCI) of a profile, weights verified and loaded."""
     store, manifest, config = open_profile(url, profile)

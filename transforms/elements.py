@@ -17,7 +17,6 @@ STAGE_READ = "read"
 STAGE_DECODE = "decode"
 STAGE_CLIP = "stage1"
 STAGE_SAM = "stage2"
-STAGE_RECORD = "record"
 
 
 def make_image_id(source_uri: str, member: str = "") -> str:
