@@ -6,7 +6,7 @@ by `make-tiny` from seeded small configs of the same open_clip / segment_anythin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from clipsam.backbones import open_clip_config
@@ -58,7 +58,6 @@ class Profile:
     clip_arch: str | None = None
     clip_pretrained: str | None = None
     sam_checkpoint_url: str | None = None
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
 
 PROFILES: dict[str, Profile] = {
