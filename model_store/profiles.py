@@ -91,7 +91,7 @@ PROFILES: dict[str, Profile] = {
         name="tiny",
         description=(
             "Small real open_clip CLIP (4 blocks, width 128) run at 256 px and a small real SAM "
-            "(depth 2, width 96, 256 px), seeded and trained here on synthetic defects. "
+            "(depth 2, width 96, 256 px), seeded random weights built offline. "
             "Shows the mechanics, not accuracy."
         ),
         clip_config=lambda: dict(TINY_CLIP_CONFIG),
