@@ -14,9 +14,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_store", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tiny = sub.add_parser("make-tiny", help="build the small seeded `tiny` profile offline")
+    tiny = sub.add_parser("make-tiny", help="build (train) the small seeded `tiny` profile offline")
     tiny.add_argument("--out", required=True, help="model store root URL (local dir, gs://..., memory://...)")
-    tiny.add_argument("--seed", type=int, default=0, help="seed of every random initialisation (default 0)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of every random initialisation and of the training data (default 0)")
+    tiny.add_argument("--untrained", action="store_true",
+                      help="seconds-long build of seeded random weights, for work on the plumbing (no accuracy)")
+    tiny.add_argument("--no_cache", action="store_true",
+                      help="always build, neither reading nor filling $CLIPSAM_CACHE/tiny-builds")
 
     stage = sub.add_parser("stage", help="download a real profile's weights into a store (needs internet)")
     stage.add_argument("--profile", required=True, choices=sorted(PROFILES))
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-tiny":
             from .tiny import make_tiny
 
-            manifest = make_tiny(args.out, seed=args.seed)
+            manifest = make_tiny(args.out, seed=args.seed, trained=not args.untrained, use_cache=not args.no_cache)
             print(f"tiny profile written to {args.out.rstrip('/')}/tiny ({sum(f.size for f in manifest.files.values()) / 1e6:.1f} MB)")
         elif args.command == "stage":
             from .stage import stage

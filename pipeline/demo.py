@@ -3,7 +3,8 @@
 Assembles one MVTec-AD-layout input folder from the real MVTec images bundled under
 tests/data/real (CC BY-NC-SA 4.0, see LICENSE_AND_SOURCES.md there) and seeded synthetic
 line images of two held-out synthetic categories, builds the tiny model store if it is not
-there yet, and runs the pipeline locally. Tiny models show the mechanics, not accuracy.
+there yet, and runs the pipeline locally. The tiny models are small and trained on synthetic
+defects only: the demo shows the pipeline, not production accuracy.
 """
 from __future__ import annotations
 

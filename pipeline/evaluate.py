@@ -2,7 +2,7 @@
 
     python -m pipeline.evaluate --records=out/RUN/ --ground_truth=/data/mvtec_ad [--output=DIR]
 
-Needs a run made with `--store_maps`: each record then holds its final map as an 8-bit PNG of
+Needs a run made with `--store_maps`: each record then holds its final map as a 16-bit PNG of
 at most 256 px, which is resized (bilinear) back to the ground truth's size. Results therefore
 match the in-pipeline metrics up to that quantisation (the pipeline evaluates the float map at
 full resolution). Ground truth is found by listing `--ground_truth` exactly as the pipeline
@@ -12,7 +12,6 @@ records are streamed in Parquet batches and every category keeps only its histog
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import sys
 from typing import Iterator
@@ -20,13 +19,13 @@ from typing import Iterator
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
 from clipsam.metrics import DEFAULT_BINS, CategoryMetricsAccumulator
 from model_store.store import join_url
 from transforms.decode import DecodeError, decode_mask
 from transforms.evaluate import write_metrics
 from transforms.layouts import InputUnit
+from transforms.records import read_map_png
 
 from .run import OptionError, list_all_inputs
 
@@ -48,9 +47,7 @@ def stored_records(records_url: str, batch_rows: int = 256) -> Iterator[dict]:
 
 def score_map(record: dict) -> np.ndarray:
     """The record's stored map, back at the image size, float32 in [0, 1]."""
-    png = Image.open(io.BytesIO(record["anomaly_map_png"]))
-    resized = png.resize((record["width"], record["height"]), Image.BILINEAR)
-    return np.asarray(resized, dtype=np.float32) / 255.0
+    return read_map_png(record["anomaly_map_png"], (record["width"], record["height"]))
 
 
 def ground_truth(unit: InputUnit, shape: tuple[int, int]) -> np.ndarray:

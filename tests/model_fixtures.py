@@ -1,7 +1,8 @@
-"""Pytest fixtures for models: the seeded `tiny` profile, built once per test session.
+"""Pytest fixtures for models: the trained `tiny` profile, built once and reused.
 
 CI builds the store once (`.ci/run` exports CLIPSAM_TINY_STORE) so the many tests that need
-real models reuse it; a developer running one test file gets it built on the fly.
+real models reuse it. Without it, the store is taken from make-tiny's build cache in the
+user's cache folder (trained on the first run, a few minutes; copied afterwards).
 """
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
+
+# make-tiny's build cache lives in the user's cache, captured before the tests isolate
+# CLIPSAM_CACHE: a trained build is worth keeping between test sessions.
+USER_BUILD_CACHE = Path(os.environ.get("CLIPSAM_CACHE", Path.home() / ".cache" / "clipsam")) / "tiny-builds"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,7 +33,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, isolated_weight_cache: 
     from model_store.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("tiny-store")
-    make_tiny(str(root))
+    make_tiny(str(root), build_cache=USER_BUILD_CACHE)
     return str(root)
 
 

@@ -50,9 +50,10 @@ def local_store(tmp_path, tiny_store) -> str:
 
 
 def test_make_tiny_is_deterministic_small_and_loadable(tmp_path, fresh_cache):
-    a = make_tiny(str(tmp_path / "a"))
-    b = make_tiny(str(tmp_path / "b"))
+    a = make_tiny(str(tmp_path / "a"), trained=False, use_cache=False)
+    b = make_tiny(str(tmp_path / "b"), trained=False, use_cache=False)
     assert a.digests() == b.digests()
+    assert a.provenance["trained"] is False
     total = sum(f.size for f in a.files.values())
     assert total < 30e6
     manifest = ModelStore(str(tmp_path / "a")).read_manifest("tiny")
@@ -62,9 +63,32 @@ def test_make_tiny_is_deterministic_small_and_loadable(tmp_path, fresh_cache):
         assert sha256_file(tmp_path / "a" / "tiny" / entry.name) == entry.sha256
 
 
+def test_make_tiny_reuses_its_build_cache(tmp_path, fresh_cache):
+    cache = tmp_path / "builds"
+    first = make_tiny(str(tmp_path / "a"), trained=False, build_cache=cache)
+    (build,) = [p for p in cache.iterdir() if p.is_dir()]
+    stamp = (build / "tiny" / "manifest.json").stat().st_mtime_ns
+    second = make_tiny(str(tmp_path / "b"), trained=False, build_cache=cache)
+    assert second.digests() == first.digests() and second.provenance == first.provenance
+    assert [p for p in cache.iterdir() if p.is_dir()] == [build]  # no second build
+    assert (build / "tiny" / "manifest.json").stat().st_mtime_ns == stamp
+    other_seed = make_tiny(str(tmp_path / "c"), seed=1, trained=False, build_cache=cache)
+    assert other_seed.digests() != first.digests()
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+
+
+def test_trained_tiny_store_records_its_training(tiny_store):
+    """The store the test session runs on is the trained build (make-tiny's default)."""
+    provenance = ModelStore(tiny_store).read_manifest("tiny").provenance
+    assert provenance["trained"] is True
+    losses = provenance["umci_training"]["epoch_losses"]
+    assert losses[-1] < losses[0]
+    assert set(provenance["data"]["umci_categories"]).isdisjoint(provenance["data"]["held_out_categories"])
+
+
 def test_memory_store_round_trip(fresh_cache, tiny_store):
     root = f"memory://stores/{uuid.uuid4().hex}"
-    manifest = make_tiny(root)
+    manifest = make_tiny(root, trained=False)
     store = ModelStore(root)
     assert store.profiles() == ["tiny"]
     local = store.fetch(store.read_manifest("tiny"), "sam")
@@ -223,7 +247,7 @@ def test_stage_real_profile_without_internet_fails_clearly(tmp_path, monkeypatch
 def test_cli_make_tiny_show_and_errors(tmp_path, fresh_cache):
     env = {**os.environ, "CLIPSAM_CACHE": str(fresh_cache)}
     run = functools.partial(subprocess.run, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    out = run([sys.executable, "-m", "model_store", "make-tiny", "--out", str(tmp_path / "cli")])
+    out = run([sys.executable, "-m", "model_store", "make-tiny", "--untrained", "--out", str(tmp_path / "cli")])
     assert out.returncode == 0, out.stderr
     assert "tiny profile written to" in out.stdout
     shown = run([sys.executable, "-m", "model_store", "show", "--store", str(tmp_path / "cli"), "--profile", "tiny"])
