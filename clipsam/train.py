@@ -92,10 +92,15 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------- losses
 
 
-def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Mean over pixels of −(1 − p_t)^γ · log p_t; probs [B, 2, H, W] softmax, target bool [B, H, W]."""
-    p_true = probs.gather(1, target.long()[:, None]).squeeze(1).clamp(1e-6, 1.0)
-    return (-(1.0 - p_true) ** gamma * torch.log(p_true)).mean()
+def focal_loss(log_probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean over pixels of −(1 − p_t)^γ · log p_t; log_probs [B, 2, H, W] log-softmax, target bool [B, H, W].
+
+    Read from log-probabilities, not clamped probabilities: at UMCI's logit scale (100) a layer
+    can saturate (p_t < 1e-6) early in training, and a clamp would then cut its gradient for good
+    (measured: two of the tiny profile's four layers died that way, their maps constant 0).
+    """
+    log_p_true = log_probs.gather(1, target.long()[:, None]).squeeze(1)
+    return (-(1.0 - log_p_true.exp()) ** gamma * log_p_true).mean()
 
 
 def dice_loss(prob_abnormal: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -107,9 +112,10 @@ def dice_loss(prob_abnormal: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (1.0 - (2.0 * inter + 1.0) / (total + 1.0)).mean()
 
 
-def umci_loss(layer_probs: Sequence[torch.Tensor], target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Σ over tapped layers of focal(2-channel map) + dice(abnormal channel); target bool [B, H, W]."""
-    return sum(focal_loss(p, target, gamma) + dice_loss(p[:, 1], target) for p in layer_probs)
+def umci_loss(layer_log_probs: Sequence[torch.Tensor], target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Σ over tapped layers of focal(2-channel map) + dice(abnormal channel); log_probs [B, 2, H, W],
+    target bool [B, H, W]."""
+    return sum(focal_loss(lp, target, gamma) + dice_loss(lp[:, 1].exp(), target) for lp in layer_log_probs)
 
 
 # ------------------------------------------------------------------------------- data views
@@ -260,7 +266,7 @@ class UMCITrainer:
         size = (self.config.image_size, self.config.image_size)
         with _autocast(self.device):
             output = self.mapper.umci(tokens, text, size)
-        loss = umci_loss(output.layer_probs, masks, self.config.focal_gamma)
+        loss = umci_loss(output.layer_log_probs, masks, self.config.focal_gamma)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -10,10 +10,11 @@ along two paths:
 - scale path: for each window k, P_k = AvgPool_k(V) (stride 1, same size); the same two-step
   interaction with the h·w tokens of P_k; V_scale = mean over k;
 
-then V̂ = LayerNorm(V_strip + V_scale) and A_l = softmax(s · norm(V̂) · norm(T)ᵀ) over
-{normal, abnormal}. The rough map is the mean over layers of A_l's abnormal channel, upsampled
-to the image size. [decision] The strip and the scale path each own one interaction block per
-layer; the scale path shares its block across window sizes.
+then V̂ = LayerNorm(V_strip + V_scale) and A_l = softmax over {normal, abnormal} of the logits
+s · norm(V̂) · norm(T)ᵀ, bilinearly upsampled to the image size first. The rough map is the mean
+over layers of A_l's abnormal channel. [decision] The strip and the scale path each own one
+interaction block per layer; the scale path shares its block across window sizes. [decision]
+Upsampling the logits (not the probabilities) lets training read log-probabilities directly.
 """
 from __future__ import annotations
 
@@ -96,11 +97,14 @@ class UMCILayer(nn.Module):
 class UMCIOutput:
     """UMCI results for a batch.
 
-    layer_probs: per tapped layer, [B, 2, H, W] softmax over {normal, abnormal} at output size
-        (what the training loss reads).
+    layer_log_probs: per tapped layer, [B, 2, H, W] log-softmax over {normal, abnormal} at output
+        size (what the training loss reads: in log space it has a gradient even where the
+        softmax has saturated).
+    layer_probs: their exponentials, the per-layer maps A_l.
     rough_map: [B, H, W] in [0, 1], mean over layers of the abnormal channel (M_clip).
     """
 
+    layer_log_probs: list[torch.Tensor]
     layer_probs: list[torch.Tensor]
     rough_map: torch.Tensor
 
@@ -123,14 +127,15 @@ class UMCI(nn.Module):
         if text.dim() == 2:
             text = text.expand(batch, -1, -1)
         text = F.normalize(text.to(patch_tokens[0].dtype), dim=-1)
-        layer_probs = []
+        layer_log_probs = []
         for layer, tokens in zip(self.layers, patch_tokens):
             fused = F.normalize(layer(tokens, text), dim=-1)  # [B, h, w, D]
             logits = self.config.logit_scale * torch.einsum("bhwd,bkd->bkhw", fused, text)
-            probs = torch.softmax(logits.float(), dim=1)
-            layer_probs.append(F.interpolate(probs, size=output_size, mode="bilinear", align_corners=False))
+            upsampled = F.interpolate(logits.float(), size=output_size, mode="bilinear", align_corners=False)
+            layer_log_probs.append(torch.log_softmax(upsampled, dim=1))
+        layer_probs = [lp.exp() for lp in layer_log_probs]
         rough = torch.stack([p[:, 1] for p in layer_probs], dim=0).mean(dim=0)
-        return UMCIOutput(layer_probs=layer_probs, rough_map=rough)
+        return UMCIOutput(layer_log_probs=layer_log_probs, layer_probs=layer_probs, rough_map=rough)
 
 
 def clip_image_score(image_embedding: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:

@@ -84,7 +84,7 @@ class TinyRecipe:
     threads: int = 2
     clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
     sam: SamTrainConfig = field(default_factory=SamTrainConfig)
-    umci: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, image_size=256))
+    umci: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, image_size=256))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

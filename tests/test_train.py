@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from clipsam.synthetic import generate_image
-from clipsam.train import CHECKPOINT_NAME, TrainConfig, UMCITrainer
+from clipsam.train import CHECKPOINT_NAME, TrainConfig, UMCITrainer, umci_loss
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 from model_store.training import training_mapper
@@ -97,6 +97,19 @@ def synthetic_samples(count: int, seed: int = 0, defect_types: list[str] | None 
 def new_trainer(store: str, samples: list, config: TrainConfig) -> UMCITrainer:
     base = ModelStore(store).read_manifest("tiny")
     return UMCITrainer(training_mapper(store, base, "cpu", "fresh", seed=config.seed), samples, config)
+
+
+def test_focal_loss_keeps_its_gradient_on_a_saturated_map() -> None:
+    """A layer whose softmax says "normal" with p ≈ 1 − 1e-20 on a defect pixel must still be
+    pushed back: the loss is read in log space, never from a clamped probability."""
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 0] = 46.0  # log-odds of ~1e20 for "normal"
+    logits.requires_grad_(True)
+    target = torch.tensor([[[True, False], [False, False]]])
+    loss = umci_loss([torch.log_softmax(logits, dim=1)], target)
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss) > 10.0  # the defect pixel costs ~46 / 4 pixels
+    assert float(logits.grad[0, 1, 0, 0]) < -0.2  # the defect pixel's abnormal logit is pushed up
 
 
 def test_training_lowers_the_loss_by_a_third(tiny_store: str) -> None:
