@@ -66,7 +66,9 @@ WEIGHT_SOURCES = (
 class TinyRecipe:
     """What make-tiny trains on and for how long (recorded in the manifest's provenance).
 
-    train_*: images per synthetic TRAIN category (UMCI, CLIP and SAM see them).
+    train_*: images per synthetic TRAIN category that CLIP and SAM see.
+    umci_*: images per TRAIN category that UMCI trains on (the same stream, so a superset of
+        train_*); UMCI runs on cached CLIP tokens, so more images cost it little.
     extra_*: made-up categories (kinds of the TRAIN categories only) and images per category,
         used to pretrain CLIP and SAM on more palettes; UMCI never sees them.
     paste_p: share of the made-up normal images that CLIP pretraining sees with a pasted
@@ -77,6 +79,8 @@ class TinyRecipe:
     image_size: int = 256
     train_normal: int = 12
     train_anomalous: int = 28
+    umci_normal: int = 20
+    umci_anomalous: int = 60
     extra_categories: int = 60
     extra_normal: int = 4
     extra_anomalous: int = 4
@@ -84,7 +88,7 @@ class TinyRecipe:
     threads: int = 2
     clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
     sam: SamTrainConfig = field(default_factory=SamTrainConfig)
-    umci: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, image_size=256))
+    umci: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, image_size=256))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -203,7 +207,9 @@ def train_tiny(seed: int, recipe: TinyRecipe, log: Callable[[str], None] = LOG.i
     start = time.perf_counter()
     umci_config = dataclasses.replace(recipe.umci, seed=seed, image_size=config.clip.input_size)
     mapper = RoughMapper(clip, tokenizer, umci, config)
-    umci_losses = train_umci(mapper, train, umci_config)
+    umci_train = synthetic_samples(list(synthetic.TRAIN_CATEGORIES), recipe.umci_normal, recipe.umci_anomalous,
+                                   recipe.image_size, seed, "tiny-train")
+    umci_losses = train_umci(mapper, umci_train, umci_config)
     seconds["umci"] = time.perf_counter() - start
 
     facts = {
@@ -219,7 +225,7 @@ def train_tiny(seed: int, recipe: TinyRecipe, log: Callable[[str], None] = LOG.i
         "sam_training": {"config": recipe.sam.to_dict(), "loss_history": sam_losses,
                          "best_of_three_box_iou_unseen_train_images": sam_iou},
         "umci_training": {"config": umci_config.to_dict(), "epoch_losses": umci_losses,
-                          "categories": list(synthetic.TRAIN_CATEGORIES), "images": len(train)},
+                          "categories": list(synthetic.TRAIN_CATEGORIES), "images": len(umci_train)},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "threads": recipe.threads,
     }
