@@ -100,13 +100,16 @@ class UMCIOutput:
     layer_log_probs: per tapped layer, [B, 2, H, W] log-softmax over {normal, abnormal} at output
         size (what the training loss reads: in log space it has a gradient even where the
         softmax has saturated).
-    layer_probs: their exponentials, the per-layer maps A_l.
     rough_map: [B, H, W] in [0, 1], mean over layers of the abnormal channel (M_clip).
     """
 
     layer_log_probs: list[torch.Tensor]
-    layer_probs: list[torch.Tensor]
     rough_map: torch.Tensor
+
+    @property
+    def layer_probs(self) -> list[torch.Tensor]:
+        """The per-layer maps A_l, [B, 2, H, W] each (computed on request, from the log-probabilities)."""
+        return [lp.exp() for lp in self.layer_log_probs]
 
 
 class UMCI(nn.Module):
@@ -133,9 +136,8 @@ class UMCI(nn.Module):
             logits = self.config.logit_scale * torch.einsum("bhwd,bkd->bkhw", fused, text)
             upsampled = F.interpolate(logits.float(), size=output_size, mode="bilinear", align_corners=False)
             layer_log_probs.append(torch.log_softmax(upsampled, dim=1))
-        layer_probs = [lp.exp() for lp in layer_log_probs]
-        rough = torch.stack([p[:, 1] for p in layer_probs], dim=0).mean(dim=0)
-        return UMCIOutput(layer_log_probs=layer_log_probs, layer_probs=layer_probs, rough_map=rough)
+        rough = torch.stack([lp[:, 1].exp() for lp in layer_log_probs], dim=0).mean(dim=0)
+        return UMCIOutput(layer_log_probs=layer_log_probs, rough_map=rough)
 
 
 def clip_image_score(image_embedding: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
