@@ -3,7 +3,7 @@
 On a production line there are plenty of good parts and few labelled defects, so the mask
 threshold is set from the pixel scores of normal images: the q-quantile of their distribution,
 so that about a fraction 1 - q of normal pixels is flagged. Like the metrics, the state is one
-fixed-size histogram (same binning as `clipsam.metrics.score_bins`: scores in [0, 1], outside
+fixed-size histogram (the binning of `clipsam.metrics.score_bins`: log-odds bins, outside
 values clipped to the end bins), so it runs over any number of images and merges across workers.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from clipsam.metrics import DEFAULT_BINS, check_bins, score_bins
+from clipsam.metrics import DEFAULT_BINS, bin_lower_edge, check_bins, score_bins
 
 
 class NormalScoreQuantile:
@@ -42,10 +42,10 @@ class NormalScoreQuantile:
         """Score threshold T such that at most a fraction 1 - q of normal pixels have score >= T.
 
         Let s_q be the q-quantile of the normal scores in the inverted-CDF sense (the k-th
-        smallest score, k = ceil(q * n), numpy's method="inverted_cdf"). T is the upper edge of
-        the bin holding s_q, so s_q < T <= s_q + 1/B: the guarantee above holds exactly at the
-        cost of at most one bin width. When s_q is in the top bin T = 1.0, and only scores of
-        exactly 1 (or clipped above) still reach it.
+        smallest score, k = ceil(q * n), numpy's method="inverted_cdf"). T is the lower edge of
+        the next bin (`bin_lower_edge`), so s_q < T and every score of s_q's bin stays below T:
+        the guarantee above holds exactly at the cost of at most one bin width. When s_q is in
+        the top bin T = 1.0, and only scores of exactly 1 (or clipped above) still reach it.
         """
         if not 0.0 < q <= 1.0:
             raise ValueError(f"q must be in (0, 1], got {q}")
@@ -54,7 +54,7 @@ class NormalScoreQuantile:
             raise ValueError("no normal pixel was added; cannot choose a threshold")
         rank = max(1, math.ceil(q * n))
         bin_index = int(np.searchsorted(np.cumsum(self.counts), rank, side="left"))
-        return (bin_index + 1) / self.bins
+        return bin_lower_edge(bin_index + 1, self.bins)
 
     def to_state(self) -> dict[str, Any]:
         """Plain-dict snapshot that `from_state` rebuilds."""

@@ -18,7 +18,9 @@ from clipsam.metrics import (
     METRIC_NAMES,
     SCORE_METRICS,
     CategoryMetricsAccumulator,
+    bin_lower_edge,
     merge_all,
+    score_bins,
     summarize,
 )
 from clipsam.thresholds import NormalScoreQuantile
@@ -293,6 +295,27 @@ def test_missing_mask_and_missing_label() -> None:
     assert result["pixel_auroc"] == pytest.approx(exact, abs=TOLERANCE)
 
 
+def test_saturated_maps_keep_their_order() -> None:
+    """A trained map is a softmax at CLIP's logit scale: most of its pixels sit far below 1e-5
+    and rank among themselves there. The log-odds bins keep that order (equal-width bins of
+    width 1.5e-5 put nearly all of these pixels into bin 0, one big tie)."""
+    rng = np.random.default_rng(11)
+    images = []
+    for _ in range(4):
+        mask = np.zeros((48, 48), dtype=bool)
+        y, x = rng.integers(0, 36, 2)
+        mask[y : y + 12, x : x + 8] = True
+        log_odds = np.where(mask, rng.normal(-16.0, 3.0, mask.shape), rng.normal(-20.0, 3.0, mask.shape))
+        scores = (1.0 / (1.0 + np.exp(-log_odds))).astype(np.float32)
+        assert scores.max() < 1e-3
+        images.append(Sample(scores, mask, float(scores.max()), 1))
+    result = _accumulate(images).result()
+    expected = _exact(images)
+    assert expected["pixel_auroc"] > 0.75 and expected["pixel_aupro"] > 0.1
+    for name in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"):
+        assert result[name] == pytest.approx(expected[name], abs=TOLERANCE), name
+
+
 def test_scores_outside_unit_range_are_clipped_to_end_bins() -> None:
     rng = np.random.default_rng(5)
     scores = rng.uniform(-0.5, 1.5, (20, 20))
@@ -382,7 +405,8 @@ def test_normal_score_quantile(seed: int, n: int, q: float, bins: int) -> None:
     other.add(scores[half:])
     threshold = quantile.merge(other).threshold(q)
     exact = float(np.quantile(scores, q, method="inverted_cdf"))
-    assert exact < threshold <= exact + 1 / bins
+    # The lower edge of the bin above the one holding the exact quantile.
+    assert exact < threshold == bin_lower_edge(int(score_bins(exact, bins)) + 1, bins)
     assert np.mean(scores >= threshold) <= 1 - q + 1e-12
     single = NormalScoreQuantile(bins)
     single.add(scores)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from clipsam.model import Prediction
+from clipsam.metrics import DEFAULT_BINS, bin_lower_edge, score_bins
 from pipeline.threshold import main, normal_thresholds
 from transforms.elements import ImageElement, make_image_id
 from transforms.records import RECORD_SCHEMA, read_map_png, to_record
@@ -45,7 +46,11 @@ def test_cli_prints_json_and_rejects_missing_maps(tmp_path, capsys):
     row = _record("washer", np.full((40, 40), 0.25, np.float32), 0)
     write_parquet(str(tmp_path / "records-00000-of-00001.parquet"), [row], RECORD_SCHEMA)
     assert main([f"--records={tmp_path}", "--quantile=0.5"]) == 0
-    assert json.loads(capsys.readouterr().out)["washer"]["mask_threshold"] == pytest.approx(0.25, abs=1e-4)
+    stored = float(read_map_png(row["anomaly_map_png"])[0, 0])
+    assert stored == pytest.approx(0.25, abs=2e-4)  # one 16-bit level on the log-odds scale
+    # Every normal pixel has that score: the threshold is the lower edge of the next bin.
+    expected = bin_lower_edge(int(score_bins(stored, DEFAULT_BINS)) + 1, DEFAULT_BINS)
+    assert json.loads(capsys.readouterr().out)["washer"]["mask_threshold"] == expected
     row["anomaly_map_png"] = None
     write_parquet(str(tmp_path / "records-00000-of-00001.parquet"), [row], RECORD_SCHEMA)
     assert main([f"--records={tmp_path}"]) == 2

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from clipsam.metrics import score_units, unit_scores
 from clipsam.model import Prediction
 from clipsam.rle import encode_mask
 
@@ -68,18 +69,21 @@ FAILURE_SCHEMA = pa.schema(
 )
 
 
-MAP_PNG_LEVELS = 65535  # 16-bit: the evaluation's 2^16 bins survive a round trip through the PNG
+MAP_PNG_LEVELS = 65535  # 16-bit levels on the evaluation's log-odds scale (`clipsam.metrics.score_units`)
 
 
 def map_png(final_map: np.ndarray, max_side: int = MAP_PNG_MAX_SIDE) -> bytes:
-    """M as a 16-bit grayscale PNG, long side at most `max_side` (value = round(65535 · M)).
+    """M as a 16-bit grayscale PNG, long side at most `max_side`, level = round(65535 · u(M)) where
+    u is the evaluation's log-odds scale (`score_units`; `read_map_png` inverts it).
 
-    16 bits, not 8: a trained map often spans only a small part of [0, 1], and 256 levels then
-    turn most pixels into ties; metrics recomputed from such maps fell from 0.98 to 0.82 pixel
-    AUROC on one category. 16-bit PNGs of ≤ 256-px maps stay small (a few tens of kB).
+    Why not round(65535 · M): trained maps are softmaxes at CLIP's logit scale and most of their
+    pixels rank among themselves far below 1e-5, where 65,536 equal steps of [0, 1] would turn
+    them into ties; and 8 bits would do so even for maps that span a small part of [0, 1]
+    (measured: recomputed pixel AUROC fell from 0.98 to 0.82 on one category). 16-bit PNGs of
+    ≤ 256-px maps stay small (a few tens of kB). The stored map is resized on the log-odds scale.
     """
     height, width = final_map.shape
-    values = np.clip(np.asarray(final_map, dtype=np.float32), 0.0, 1.0)
+    values = score_units(final_map)
     scale = max_side / max(height, width)
     if scale < 1.0:
         resized = Image.fromarray(values, mode="F").resize((max(1, round(width * scale)), max(1, round(height * scale))),
@@ -92,11 +96,12 @@ def map_png(final_map: np.ndarray, max_side: int = MAP_PNG_MAX_SIDE) -> bytes:
 
 
 def read_map_png(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A stored map back as float32 in [0, 1]; resized (bilinear) to `size` = (width, height) if given."""
-    values = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / MAP_PNG_LEVELS
-    if size is not None and (values.shape[1], values.shape[0]) != tuple(size):
-        values = np.asarray(Image.fromarray(values, mode="F").resize(tuple(size), Image.BILINEAR), dtype=np.float32)
-    return np.clip(values, 0.0, 1.0)
+    """A stored map back as float32 scores in [0, 1]; resized (bilinear, on the log-odds scale)
+    to `size` = (width, height) if given."""
+    units = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / MAP_PNG_LEVELS
+    if size is not None and (units.shape[1], units.shape[0]) != tuple(size):
+        units = np.asarray(Image.fromarray(units, mode="F").resize(tuple(size), Image.BILINEAR), dtype=np.float32)
+    return unit_scores(np.clip(units, 0.0, 1.0))
 
 
 def to_record(
