@@ -13,7 +13,6 @@ import argparse
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from clipsam.synthetic import TEST_CATEGORIES, generate_image

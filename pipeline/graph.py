@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference

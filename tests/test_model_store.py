@@ -25,7 +25,6 @@ from model_store.errors import (
     UnknownProfileError,
 )
 from model_store.loading import load_clipsam, load_refiner
-from model_store.manifest import Manifest
 from model_store.profiles import get_profile
 from model_store.stage import download, stage
 from model_store.store import ModelStore, cache_dir, sha256_file
