@@ -50,6 +50,11 @@ class MMRConfig:
     box_padding: int = 4  # pixels added on each side of a component's box
     max_components: int = 32  # bounds one image's decoder batch; the largest are kept
     add_centroid_point: bool = True
+    # Also hand SAM each component's rough map as its dense mask prompt (SAM's `mask_input`),
+    # as logits mask_prompt_gain · (M_clip − τ), background outside the box. Off in the paper's
+    # setting (box + points only); on for a SAM trained with such prompts (the `tiny` profile).
+    mask_prompt: bool = False
+    mask_prompt_gain: float = 8.0
     alpha: float = 0.5  # final = (1 - alpha) * rough + alpha * sam [decision]
     mask_threshold: float | None = None  # None: use prompt_threshold
     image_score: str = "max"  # "max" or "topk"

@@ -104,6 +104,23 @@ def _component_prompt(
     )
 
 
+def cells_in_boxes(boxes: np.ndarray, scale: float, side: int) -> np.ndarray:
+    """bool [N, side, side]: for each box (x0, y0, x1, y1) [N, 4], multiplied by `scale` into the
+    frame of a side × side grid, the grid cells whose centres lie inside it."""
+    scaled = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale
+    centres = np.arange(side) + 0.5
+    inside_x = (centres[None] >= scaled[:, 0, None]) & (centres[None] < scaled[:, 2, None])
+    inside_y = (centres[None] >= scaled[:, 1, None]) & (centres[None] < scaled[:, 3, None])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def mask_prompt_logits(values: np.ndarray, inside_box: np.ndarray, threshold: float, gain: float) -> np.ndarray:
+    """SAM dense mask prompt (logits) from rough-map values: gain · (M − τ) inside the box and
+    gain · (0 − τ), "surely normal", outside it, so a prompt speaks only for its own component's
+    box. values: float [..., h, w] in [0, 1]; inside_box: bool, broadcastable to values."""
+    return (gain * (np.where(inside_box, values, 0.0) - threshold)).astype(np.float32)
+
+
 def level_weights(scores: np.ndarray) -> np.ndarray:
     """Softmax over SAM's mask levels of its predicted-IoU scores: [N, K] → [N, K], rows sum to 1."""
     scores = np.asarray(scores, dtype=np.float64)

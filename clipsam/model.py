@@ -24,7 +24,7 @@ from .config import ClipSAMConfig, MMRConfig
 from .device import autocast, forward_chunks
 from .mmr import ComponentPrompt, extract_prompts, fuse_with_rough, image_score
 from .prompts import TextMatrixCache
-from .sam_refiner import SamRefiner, upsample_map
+from .sam_refiner import SamEmbedding, SamRefiner, upsample_map
 from .umci import UMCI, clip_image_score
 
 
@@ -32,8 +32,9 @@ from .umci import UMCI, clip_image_score
 class RoughResult:
     """Stage-1 output for one image.
 
-    rough_map: float16 [S, S] in [0, 1] at the CLIP input size S (compact to ship between stages;
-        `upsample_map` brings it to the image frame).
+    rough_map: float32 [S, S] in [0, 1] at the CLIP input size S (`upsample_map` brings it to the
+        image frame). Not float16: a trained map ranks most pixels below float16's smallest
+        value (6e-8), and the evaluation reads that order (`clipsam.metrics`).
     clip_image_score: softmax(s · CLS · Tᵀ)[abnormal].
     """
 
@@ -118,7 +119,7 @@ class RoughMapper:
             with autocast(self.device):
                 output, cls, text = self.forward_maps(batch, [category for _, category in chunk])
                 chunk_scores = clip_image_score(cls, text, self.config.umci.logit_scale)
-            maps.extend(output.rough_map.float().cpu().numpy().astype(np.float16))
+            maps.extend(output.rough_map.float().cpu().numpy())
             scores.extend(chunk_scores.float().cpu().numpy().tolist())
         per_image_ms = (time.perf_counter() - start) * 1000.0 / len(images)
         return [RoughResult(m, float(s), per_image_ms) for m, s in zip(maps, scores)]
@@ -140,7 +141,10 @@ class MaskRefiner:
         prompted = [i for i, p in enumerate(prompts) if p]
         with autocast(self.sam.device):
             embeddings = dict(zip(prompted, self.sam.embed([images[i] for i in prompted])))
-            sam_outputs = {i: self.sam.decode(embeddings[i], prompts[i]) for i in prompted}
+            sam_outputs = {
+                i: self.sam.decode(embeddings[i], prompts[i], self._mask_inputs(embeddings[i], full_maps[i], prompts[i]))
+                for i in prompted
+            }
         per_image_ms = (time.perf_counter() - start) * 1000.0 / max(1, len(images))
         threshold = self.config.effective_mask_threshold
         predictions = []
@@ -164,6 +168,13 @@ class MaskRefiner:
                 )
             )
         return predictions
+
+    def _mask_inputs(self, embedding: SamEmbedding, rough_map: np.ndarray,
+                     prompts: list[ComponentPrompt]) -> np.ndarray | None:
+        """The components' dense mask prompts when the profile asks for them (`MMRConfig.mask_prompt`)."""
+        if not self.config.mask_prompt:
+            return None
+        return self.sam.mask_inputs(embedding, rough_map, prompts, self.config.prompt_threshold, self.config.mask_prompt_gain)
 
 
 @dataclass

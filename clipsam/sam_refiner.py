@@ -17,7 +17,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from .device import forward_chunks
-from .mmr import ComponentPrompt, fuse_levels
+from .mmr import ComponentPrompt, cells_in_boxes, fuse_levels, mask_prompt_logits
 
 # Components are upsampled to full resolution in chunks of this many, bounding memory
 # (3 float32 levels of a 1024² image are 12 MB per component).
@@ -69,8 +69,26 @@ class SamRefiner:
         return embeddings
 
     @torch.no_grad()
-    def decode(self, embedding: SamEmbedding, prompts: list[ComponentPrompt]) -> tuple[np.ndarray, np.ndarray]:
-        """All prompts of one image in one decoder call (multimask output: 3 levels each).
+    def mask_inputs(self, embedding: SamEmbedding, rough_map: np.ndarray, prompts: list[ComponentPrompt],
+                    threshold: float, gain: float) -> np.ndarray:
+        """Dense mask prompts, one per component: the rough map (original frame, [H, W] in [0, 1])
+        taken to SAM's low-resolution mask frame the way SamPredictor frames an image (resize the
+        longest side, pad bottom/right), kept inside the component's box, as logits
+        (`mmr.mask_prompt_logits`). Returns float32 [N, m, m], m = SAM's mask_input_size."""
+        side = self.sam.image_encoder.img_size
+        low = self.sam.prompt_encoder.mask_input_size[0]
+        resized = F.interpolate(torch.as_tensor(rough_map, dtype=torch.float32)[None, None], size=embedding.input_size,
+                                mode="bilinear", align_corners=False)
+        padded = F.pad(resized, (0, side - embedding.input_size[1], 0, side - embedding.input_size[0]))
+        values = F.interpolate(padded, size=(low, low), mode="area")[0, 0].numpy()
+        boxes = self.transform.apply_boxes(np.stack([p.box for p in prompts]), embedding.original_size)
+        return mask_prompt_logits(values[None], cells_in_boxes(boxes, low / side, low), threshold, gain)
+
+    @torch.no_grad()
+    def decode(self, embedding: SamEmbedding, prompts: list[ComponentPrompt],
+               mask_inputs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All prompts of one image in one decoder call (multimask output: 3 levels each);
+        `mask_inputs` [N, m, m] (see `mask_inputs`) adds a dense mask prompt to each component.
 
         Returns (sam_map, scores): sam_map float32 [H, W] in [0, 1], the union (pixel-wise max) over
         components of each component's confidence-weighted level fusion; scores float32 [N, 3],
@@ -83,7 +101,8 @@ class SamRefiner:
         boxes = torch.as_tensor(self.transform.apply_boxes(boxes, original), device=self.device)
         coords = torch.as_tensor(self.transform.apply_coords(coords, original), device=self.device)
         labels = torch.as_tensor(labels, device=self.device)
-        sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=boxes, masks=None)
+        masks = None if mask_inputs is None else torch.as_tensor(mask_inputs, device=self.device)[:, None]
+        sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=boxes, masks=masks)
         low_res, iou = self.sam.mask_decoder(
             image_embeddings=embedding.features,
             image_pe=self.sam.prompt_encoder.get_dense_pe(),

@@ -3,28 +3,37 @@
 Pretrained SAM weights cannot be downloaded where the `tiny` profile is built, and a randomly
 initialised SAM returns noise, which would make the refinement stage meaningless. This module
 trains the tiny SAM (image encoder, prompt encoder and mask decoder, all from scratch) the way SAM
-itself was trained, at toy scale:
+itself was trained, at toy scale, on the prompts MMR sends at inference:
 
-- prompts are what MMR sends at inference: a box around a defect region, loosened and jittered
-  the way a box drawn around a blurry rough-map component is, plus 0-2 positive points inside;
-- the decoder predicts 3 masks per prompt (`multimask_output=True`); only the best of them, by
-  loss, is trained (SAM's "min over levels");
+- MMR's own prompts (`mmr_prompts`): the components of a real stage-1 map of the training
+  image, each with its box, its points and (with `MMRConfig.mask_prompt`) the rough map inside
+  the box as SAM's dense mask prompt; false alarms included, whose target is empty;
+- drawn prompts (`make_prompts`): a box around a defect region, loosened and jittered the way a
+  box around a blurry rough-map component is, 0-2 positive points inside, and a simulated rough
+  map (`rough_like_map`) as the dense prompt; some boxes on defect-free surface;
+- the decoder predicts 3 masks per prompt (`multimask_output=True`); the best of them, by
+  loss, is trained fully (SAM's "min over levels") and the others a little, so that none is
+  left untrained for MMR's confidence-weighted fusion of all three;
 - the IoU head learns, by mean squared error, the actual IoU of each of the 3 masks, so MMR's
   softmax over predicted IoUs favours the mask that fits.
 
 Data: defect images (masks from the synthetic generator or any labelled set) plus generic random
 blobs on smooth backgrounds, so the model learns "the odd region inside the box" rather than
-one defect catalogue. Images without a defect give no positive prompt and are skipped unless
-`negative_p` > 0 asks for boxes with an empty target.
+one defect catalogue.
 
-Why the loss is not SAM's 20 · focal(α = 0.25) + dice: defects cover ~1 % of an image and a few
-percent of a loose box, and α = 0.25 weights their pixels three times less than the background.
-A model trained from scratch for a few minutes then settles on the empty mask (box IoU ≈ 0.01).
-Plain pixel BCE + dice on masks upsampled to the image frame (where thin scratches still have
-full-width pixels) learns the region instead. See `SamTrainConfig` for the measured recipe.
+Why a dense mask prompt: a box reaches the mask decoder only through attention between
+positional encodings, which a from-scratch decoder learns slowly (measured: box-only training
+for the build's few minutes reached a defect IoU of 0.00-0.23). The dense prompt is added to the
+image embedding at every position, so "refine this blob with what the image shows" is learnt in
+a few hundred steps. Why the loss is not SAM's 20 · focal(α = 0.25) + dice: defects cover ~1 %
+of an image and α = 0.25 weights their pixels three times less than the background; a model
+trained from scratch for a few minutes then settles on the empty mask. Plain pixel BCE + dice on
+masks upsampled to the image frame (where thin scratches still have full-width pixels) learns
+the region instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +45,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from segment_anything.modeling import Sam
 
+from .config import MMRConfig
+from .mmr import cells_in_boxes, extract_prompts, mask_prompt_logits
 from .train import LabelledImage
 
 LOG = logging.getLogger(__name__)
@@ -44,23 +55,26 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 @dataclass(frozen=True)
 class SamTrainConfig:
-    """Hyper-parameters of the tiny SAM's training.
+    """Hyper-parameters of the tiny SAM's training (defaults: the `tiny` profile's recipe).
 
     box_loosen: (min, max) fraction of the box side added on every side, drawn per prompt
         (rough-map components are blurred by the 16-px CLIP grid, so their boxes are loose).
-    box_pad_px: (min, max) pixels added on every side on top of `box_loosen` (MMR pads 4 px, and
-        a small defect's rough-map component is at least one 16-px grid cell).
+    box_pad_px: (min, max) pixels added on every side on top of `box_loosen`.
     box_jitter: std of each box edge's random shift, as a fraction of the box side.
     max_points: up to this many positive points per prompt (uniform 0..max_points).
-    blob_p: share of training images that are generic random blobs instead of data samples;
-        blob_p_start: the share at step 0, moved linearly to blob_p over the first half of training
-        (blobs are the easy case: a curriculum).
-    negative_p: share of prompts that are boxes on random surface, target = the defect inside.
-    focal_alpha: None for plain BCE, else the focal loss's positive-class weight (SAM: 0.25).
-    focal_gamma: 0 with focal_alpha None is BCE.
+    blob_p: share of training images that are generic random blobs instead of data samples.
+    negative_p: share of drawn prompts that are boxes on random surface (target: the defect
+        inside, usually nothing); with a dense mask prompt they carry a rough-map-like blob
+        there, a false alarm SAM has to turn down.
+    mask_prompt_p: share of drawn prompts that also carry a dense mask prompt made to look like
+        a rough map (`rough_like_map`), as MMR sends with `MMRConfig.mask_prompt`.
+    mmr_prompt_p: share of data images (those with a stage-1 map) whose prompts are MMR's own,
+        drawn from that map by `mmr.extract_prompts` (`mmr_prompts`), false alarms included.
+    rough_grid: patch grid of the simulated rough maps.
     pixel_weight / dice_weight / iou_weight: the terms of the loss.
-    full_res_loss: compute the mask loss on logits upsampled to the input size (True) or on
-        SAM's 4× lower-resolution output with area-averaged targets.
+    level_weight: weight of the mean mask loss over all 3 levels, added to the best level's (SAM
+        trains the best level only; MMR fuses all three by predicted IoU, and an untrained level
+        then adds a grey haze over the whole image to every prompted map).
     """
 
     steps: int = 400
@@ -69,25 +83,19 @@ class SamTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 20
-    focal_alpha: float | None = None
-    focal_gamma: float = 0.0
     pixel_weight: float = 1.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
-    full_res_loss: bool = True
+    level_weight: float = 0.3
     box_loosen: tuple[float, float] = (0.0, 0.5)
     box_pad_px: tuple[float, float] = (0.0, 0.0)
     box_jitter: float = 0.1
     max_points: int = 2
     blob_p: float = 0.3
-    blob_p_start: float = 0.3
-    negative_p: float = 0.0
-    attention_init_gain: float = 0.0
-    decoder_pretrain_steps: int = 0
-    decoder_pretrain_prompts: int = 16
-    decoder_pretrain_lr: float = 1e-3
-    pe_frequencies: tuple[float, float] | None = None
-    zero_no_mask_embed: bool = False
+    negative_p: float = 0.2
+    mask_prompt_p: float = 1.0
+    mmr_prompt_p: float = 0.5
+    rough_grid: int = 16
     seed: int = 0
     log_every: int = 50
 
@@ -100,13 +108,20 @@ class PromptTargets:
     """Prompts and targets of one image, in its pixel frame (S × S, S = SAM's input size).
 
     boxes: float32 [P, 4] (x0, y0, x1, y1); points: float32 [P, K, 2] (x, y); labels: int64 [P, K]
-    (1 positive, −1 padding); masks: bool [P, S, S] target of each prompt.
+    (1 positive, −1 padding); masks: bool [P, S, S] target of each prompt; priors: bool [P, S, S]
+    the region a simulated rough map of the prompt shows (the target, or for a false alarm a blob
+    where there is no defect); mask_inputs: float32 [P, m, m] dense mask prompt logits in SAM's
+    low-resolution frame and has_mask_input: bool [P] which prompts use theirs (None before
+    `attach_mask_prompts`: none).
     """
 
     boxes: np.ndarray
     points: np.ndarray
     labels: np.ndarray
     masks: np.ndarray
+    priors: np.ndarray
+    mask_inputs: np.ndarray | None = None
+    has_mask_input: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------ data
@@ -170,6 +185,15 @@ def square(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, 
     return resized[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy(), m[0, 0].numpy() > 0.5
 
 
+def resize_map(values: np.ndarray, size: int) -> np.ndarray:
+    """A float map [H, W] resized (bilinear) to size × size, float32: SAM's input frame."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape == (size, size):
+        return values
+    return F.interpolate(torch.as_tensor(values)[None, None], size=(size, size), mode="bilinear",
+                         align_corners=False)[0, 0].numpy()
+
+
 def _loose_box(rows: np.ndarray, cols: np.ndarray, size: int, config: SamTrainConfig,
                rng: np.random.Generator) -> np.ndarray:
     """Bounding box of the given pixels, loosened, padded and jittered, clipped to the image."""
@@ -191,19 +215,52 @@ def _box_mask(box: np.ndarray, size: int) -> np.ndarray:
     return inside
 
 
+def rough_like_map(target: np.ndarray, grid: int, low: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 [low, low] in [0, 1]: what a rough anomaly map of `target` (bool [S, S]) looks like.
+
+    UMCI scores patches of a `grid` × `grid` CLIP grid, bilinearly upsampled: a defect shows as a
+    blurred blob whose height depends little on how much of a patch it covers (a thin scratch can
+    score 0.8), over a background that is rarely exactly 0. So: defect fraction per patch, raised
+    to a random power < 1, scaled, on a random background level, with patch noise.
+    """
+    cells = F.interpolate(torch.as_tensor(target, dtype=torch.float32)[None, None], size=(grid, grid), mode="area")[0, 0].numpy()
+    background = rng.uniform(0.0, 0.35)
+    height = rng.uniform(0.55, 1.0)
+    values = background + (height - background) * cells ** rng.uniform(0.2, 0.8)
+    values = np.clip(values + rng.normal(0, 0.08, values.shape), 0.0, 1.0).astype(np.float32)
+    up = _bilinear_matrix(low, grid)
+    return up @ values @ up.T
+
+
+def attach_mask_prompts(prompts: PromptTargets, size: int, low: int, config: SamTrainConfig, mmr: MMRConfig,
+                        rng: np.random.Generator) -> PromptTargets:
+    """Give a `mask_prompt_p` share of the prompts (none unless `mmr.mask_prompt`) a rough-map-like
+    dense mask prompt of their prior region, kept inside their box, as the logits MMR sends
+    (`mmr.mask_prompt_logits`)."""
+    count = len(prompts.boxes)
+    has = rng.random(count) < (config.mask_prompt_p if mmr.mask_prompt else 0.0)
+    logits = np.zeros((count, low, low), np.float32)
+    for i in np.nonzero(has)[0]:
+        values = rough_like_map(prompts.priors[i], config.rough_grid, low, rng)
+        logits[i] = mask_prompt_logits(values, cells_in_boxes(prompts.boxes[i], low / size, low)[0],
+                                       mmr.prompt_threshold, mmr.mask_prompt_gain)
+    return dataclasses.replace(prompts, mask_inputs=logits, has_mask_input=has)
+
+
 def make_prompts(mask: np.ndarray, count: int, config: SamTrainConfig, rng: np.random.Generator) -> PromptTargets:
     """`count` prompts for one image with its defect mask (bool [S, S]).
 
     A positive prompt picks one 8-connected defect region: box = its loosened, jittered bounding
     box; points = 0..max_points random pixels of the region; target = every defect pixel inside
     the box (MMR's boxes may hold several nearby regions, and all of them are the defect). A
-    negative prompt (always when the mask is empty) is a random box; its target is whatever
-    defect it happens to cover, usually nothing.
+    negative prompt (always when the mask is empty) is a random box whose prior is the ellipse
+    inscribed in it (a false alarm of the rough map); its target is whatever defect it happens
+    to cover, usually nothing.
     """
     size = mask.shape[0]
     regions, n_regions = ndimage.label(mask, structure=EIGHT_CONNECTED)
     slots = max(1, config.max_points)
-    boxes, points, labels, targets = [], [], [], []
+    boxes, points, labels, targets, priors = [], [], [], [], []
     for _ in range(count):
         point_xy = np.zeros((slots, 2), np.float32)
         point_labels = np.full(slots, -1, np.int64)
@@ -212,6 +269,9 @@ def make_prompts(mask: np.ndarray, count: int, config: SamTrainConfig, rng: np.r
             corner = rng.uniform(0, 1, 2) * (size - side)
             box = np.array([corner[0], corner[1], corner[0] + side[0], corner[1] + side[1]], np.float32)
             target = mask & _box_mask(box, size)
+            centre, radius = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2
+            yy, xx = np.mgrid[0:size, 0:size] + 0.5
+            prior = ((xx - centre[0]) / radius[0]) ** 2 + ((yy - centre[1]) / radius[1]) ** 2 <= 1
         else:
             rows, cols = np.nonzero(regions == int(rng.integers(1, n_regions + 1)))
             box = _loose_box(rows, cols, size, config, rng)
@@ -220,37 +280,55 @@ def make_prompts(mask: np.ndarray, count: int, config: SamTrainConfig, rng: np.r
             picks = rng.integers(len(rows), size=n_points)
             point_xy[:n_points] = np.stack([cols[picks] + 0.5, rows[picks] + 0.5], axis=1)
             point_labels[:n_points] = 1
+            prior = target
+        priors.append(prior)
         boxes.append(box)
         points.append(point_xy)
         labels.append(point_labels)
         targets.append(target)
-    return PromptTargets(np.stack(boxes), np.stack(points), np.stack(labels), np.stack(targets))
+    return PromptTargets(np.stack(boxes), np.stack(points), np.stack(labels), np.stack(targets), np.stack(priors))
 
 
-def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The same random flip / 90° rotation of an image and its mask."""
+def augment_pair(*arrays: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The same random flip / 90° rotation of an image and the maps that go with it ([H, W, ...] each)."""
     turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-    image, mask = np.rot90(image, turns, axes=(0, 1)), np.rot90(mask, turns, axes=(0, 1))
+    out = [np.rot90(a, turns, axes=(0, 1)) for a in arrays]
     if flip:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+        out = [a[:, ::-1] for a in out]
+    return tuple(np.ascontiguousarray(a) for a in out)
+
+
+def mmr_prompts(mask: np.ndarray, rough_map: np.ndarray, count: int, mmr: MMRConfig, low: int, slots: int,
+                rng: np.random.Generator) -> PromptTargets | None:
+    """Up to `count` of the prompts MMR itself draws from `rough_map` (float [S, S], the stage-1
+    map of this image): box, points and (with `mmr.mask_prompt`) dense mask prompt of random
+    components; target = the defect pixels inside the box (nothing, for a false alarm). None when
+    the map has no component.
+    """
+    components = extract_prompts(rough_map, mmr)
+    if not components:
+        return None
+    size = mask.shape[0]
+    picks = rng.choice(len(components), size=min(count, len(components)), replace=False)
+    values = F.interpolate(torch.as_tensor(rough_map, dtype=torch.float32)[None, None], size=(low, low), mode="area")[0, 0].numpy()
+    boxes, points, labels, targets, inputs = [], [], [], [], []
+    for index in picks:
+        component = components[int(index)]
+        n = min(slots, len(component.points))
+        point_xy, point_labels = np.zeros((slots, 2), np.float32), np.full(slots, -1, np.int64)
+        point_xy[:n], point_labels[:n] = component.points[:n], component.labels[:n]
+        boxes.append(component.box)
+        points.append(point_xy)
+        labels.append(point_labels)
+        targets.append(mask & _box_mask(component.box, size))
+        inputs.append(mask_prompt_logits(values, cells_in_boxes(component.box, low / size, low)[0],
+                                         mmr.prompt_threshold, mmr.mask_prompt_gain))
+    targets_array = np.stack(targets)
+    return PromptTargets(np.stack(boxes).astype(np.float32), np.stack(points), np.stack(labels), targets_array,
+                         targets_array, np.stack(inputs), np.full(len(picks), mmr.mask_prompt))
 
 
 # ---------------------------------------------------------------------------------- losses
-
-
-def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-                       alpha: float | None = 0.25) -> torch.Tensor:
-    """Per-mask mean of the RetinaNet focal loss; alpha None weighs both classes equally and
-    gamma 0 makes it plain BCE. logits/target [..., H, W] → [...]."""
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    if gamma:
-        prob = torch.sigmoid(logits)
-        p_t = prob * target + (1 - prob) * (1 - target)
-        ce = ce * (1 - p_t) ** gamma
-    if alpha is not None:
-        ce = ce * (alpha * target + (1 - alpha) * (1 - target))
-    return ce.flatten(-2).mean(-1)
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -269,18 +347,18 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def prompt_losses(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor,
                   config: SamTrainConfig) -> torch.Tensor:
-    """Per-prompt loss: best-of-3 (pixel_weight · focal/BCE + dice_weight · dice) + iou_weight · MSE
-    of the IoU head.
+    """Per-prompt loss: best-of-3 (pixel_weight · BCE + dice_weight · dice) + level_weight · the
+    same averaged over the 3 levels + iou_weight · MSE of the IoU head.
 
-    logits [P, 3, h, w], iou_pred [P, 3], target [P, h, w] float in [0, 1] (at low resolution the
-    fraction of each pixel that is defect). The IoU head learns the IoU of the thresholded mask
-    with the target thresholded at 0.5. Returns [P].
+    logits [P, 3, S, S] (upsampled to the image frame, where thin scratches still have full-width
+    pixels), iou_pred [P, 3], target [P, S, S] float in {0, 1}. The IoU head learns the IoU of
+    each thresholded mask with the target. Returns [P].
     """
     expanded = target[:, None].expand_as(logits)
-    pixel = sigmoid_focal_loss(logits, expanded, gamma=config.focal_gamma, alpha=config.focal_alpha)
+    pixel = F.binary_cross_entropy_with_logits(logits, expanded, reduction="none").flatten(-2).mean(-1)
     mask_loss = config.pixel_weight * pixel + config.dice_weight * soft_dice_loss(torch.sigmoid(logits), expanded)
     iou_loss = F.mse_loss(iou_pred, mask_iou(logits.detach(), expanded >= 0.5), reduction="none").mean(1)
-    return mask_loss.min(dim=1).values + config.iou_weight * iou_loss
+    return mask_loss.min(dim=1).values + config.level_weight * mask_loss.mean(dim=1) + config.iou_weight * iou_loss
 
 
 # --------------------------------------------------------------------------------- training
@@ -289,6 +367,8 @@ def prompt_losses(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Te
 def decode(sam: Sam, embedding: torch.Tensor, prompts: PromptTargets,
            image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts through the prompt encoder and the mask decoder (3 levels), in one decoder call.
+    Prompts with a dense mask prompt (`has_mask_input`) get its embedding, the others SAM's
+    "no mask" embedding.
 
     embedding [B, C, h, w]; image_index int64 [P] says which image each prompt belongs to (None:
     all belong to image 0). Returns (low-resolution mask logits [P, 3, 4h, 4w], predicted IoU
@@ -299,7 +379,12 @@ def decode(sam: Sam, embedding: torch.Tensor, prompts: PromptTargets,
     """
     device = embedding.device
     points = (torch.as_tensor(prompts.points, device=device), torch.as_tensor(prompts.labels, device=device))
-    sparse, dense = sam.prompt_encoder(points=points, boxes=torch.as_tensor(prompts.boxes, device=device), masks=None)
+    boxes = torch.as_tensor(prompts.boxes, device=device)
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+    if prompts.has_mask_input is not None and prompts.has_mask_input.any():
+        masks = torch.as_tensor(prompts.mask_inputs, device=device)[:, None]
+        _, with_mask = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        dense = torch.where(torch.as_tensor(prompts.has_mask_input, device=device)[:, None, None, None], with_mask, dense)
     if image_index is None:
         image_embedding, dense_embedding = embedding[:1], dense
     else:
@@ -315,11 +400,6 @@ def decode(sam: Sam, embedding: torch.Tensor, prompts: PromptTargets,
     return low_res, iou
 
 
-def low_res_targets(masks: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """bool [P, S, S] targets → float [P, h, w] defect fraction per low-resolution mask pixel."""
-    return F.interpolate(torch.as_tensor(masks).float()[:, None], size=size, mode="area")[:, 0]
-
-
 def encode(sam: Sam, images: Sequence[np.ndarray]) -> torch.Tensor:
     """RGB uint8 images already at SAM's input size → image embeddings [B, C, h, w]."""
     device = next(sam.parameters()).device
@@ -327,47 +407,12 @@ def encode(sam: Sam, images: Sequence[np.ndarray]) -> torch.Tensor:
     return sam.image_encoder(sam.preprocess(batch.float()))
 
 
-def position_aware_attention_init(sam: Sam, gain: float, seed: int) -> None:
-    """Re-initialise the query and key projections of the decoder's image↔prompt cross-attentions
-    to one shared random orthonormal map, scaled by `gain`.
-
-    Why: prompts and image tokens carry the same random Fourier positional encoding, and with
-    q_proj = k_proj = gain · R (R orthonormal rows) the attention logits start out as a scaled
-    similarity of the two positions, so image tokens attend to the prompts near them from step 0.
-    With the default random projections the logits are ~0, the decoder first settles on
-    prompt-independent masks, and a from-scratch run spends its first ~150 steps on a plateau.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    transformer = sam.mask_decoder.transformer
-    modules = [m for layer in transformer.layers for m in (layer.cross_attn_token_to_image, layer.cross_attn_image_to_token)]
-    modules.append(transformer.final_attn_token_to_image)
-    with torch.no_grad():
-        for module in modules:
-            square_q = torch.linalg.qr(torch.randn(module.embedding_dim, module.embedding_dim, generator=generator))[0]
-            projection = gain * square_q[: module.internal_dim].to(module.q_proj.weight)
-            for linear in (module.q_proj, module.k_proj):
-                linear.weight.copy_(projection)
-                linear.bias.zero_()
-
-
 def _concat_prompts(prompts: Sequence[PromptTargets]) -> tuple[PromptTargets, torch.Tensor]:
     """Many images' prompts as one PromptTargets and the image index of each prompt."""
-    merged = PromptTargets(*(np.concatenate([getattr(p, f) for p in prompts]) for f in ("boxes", "points", "labels", "masks")))
+    fields = [f.name for f in dataclasses.fields(PromptTargets)]
+    merged = PromptTargets(*(np.concatenate([getattr(p, f) for p in prompts]) for f in fields))
     index = torch.cat([torch.full((len(p.boxes),), i, dtype=torch.int64) for i, p in enumerate(prompts)])
     return merged, index
-
-
-def _blob_share(step: int, config: SamTrainConfig) -> float:
-    ramp = min(1.0, step / max(1.0, config.steps / 2))
-    return config.blob_p_start + (config.blob_p - config.blob_p_start) * ramp
-
-
-def _training_image(samples: Sequence[LabelledImage], size: int, blob_p: float,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    if not samples or rng.random() < blob_p:
-        return random_blob(size, rng)
-    sample = samples[int(rng.integers(len(samples)))]
-    return augment_pair(*square(sample.image, np.asarray(sample.mask, bool), size), rng)
 
 
 def _learning_rate(step: int, config: SamTrainConfig) -> float:
@@ -377,113 +422,69 @@ def _learning_rate(step: int, config: SamTrainConfig) -> float:
     return config.lr * 0.5 * (1.0 + np.cos(np.pi * progress))
 
 
-def geometry_prompts(count: int, size: int, rng: np.random.Generator) -> PromptTargets:
-    """`count` box-only prompts of log-uniform sides (3 %-60 % of the image) whose target is
-    the ellipse inscribed in the box (or, for a quarter of them, the whole box)."""
-    side = np.exp(rng.uniform(np.log(0.03), np.log(0.6), (count, 2))) * size
-    corner = rng.uniform(0, 1, (count, 2)) * (size - side)
-    boxes = np.concatenate([corner, corner + side], axis=1).astype(np.float32)
-    centre, radius = (boxes[:, :2] + boxes[:, 2:]) / 2, side / 2
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    u = (xx[None] - centre[:, 0, None, None]) / radius[:, 0, None, None]
-    v = (yy[None] - centre[:, 1, None, None]) / radius[:, 1, None, None]
-    whole_box = (rng.random(count) < 0.25)[:, None, None]
-    masks = np.where(whole_box, (np.abs(u) <= 1) & (np.abs(v) <= 1), u**2 + v**2 <= 1)
-    return PromptTargets(boxes, np.zeros((count, 1, 2), np.float32), np.full((count, 1), -1, np.int64), masks)
+class PromptSampler:
+    """Draws training images and their prompts (module docstring), all from one generator.
 
-
-def pretrain_decoder(sam: Sam, config: SamTrainConfig, rng: np.random.Generator,
-                     log: Callable[[str], None] = LOG.info) -> list[float]:
-    """Train the prompt encoder and mask decoder alone to draw the shape a box implies (its
-    inscribed ellipse, or the box), on a zero image embedding.
-
-    Why: a box reaches the mask only through attention between positional encodings, which a
-    from-scratch decoder learns slowly, after a plateau of a few hundred steps. Without the image
-    encoder a step costs a fraction of a full one, so the plateau is crossed cheaply and the full
-    training starts from a decoder that already knows where the box is.
+    samples: labelled images; rough_maps: the stage-1 map of each (float [H, W] in [0, 1], the
+    image's frame) or None where there is none. Images are resized to SAM's input size S.
     """
-    size = sam.image_encoder.img_size
-    grid = sam.prompt_encoder.image_embedding_size
-    device = next(sam.parameters()).device
-    embedding = torch.zeros(1, sam.prompt_encoder.embed_dim, *grid, device=device)
-    params = list(sam.prompt_encoder.parameters()) + list(sam.mask_decoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.decoder_pretrain_lr, weight_decay=config.weight_decay)
-    history, window = [], []
-    for step in range(config.decoder_pretrain_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = config.decoder_pretrain_lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
-        prompts = geometry_prompts(config.decoder_pretrain_prompts, size, rng)
-        logits, iou = decode(sam, embedding, prompts)
-        target = low_res_targets(prompts.masks, tuple(logits.shape[-2:])).to(device)
-        loss = prompt_losses(logits, iou, target, config).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        window.append(float(loss.detach()))
-        if (step + 1) % config.log_every == 0 or step + 1 == config.decoder_pretrain_steps:
-            history.append(float(np.mean(window)))
-            log(f"sam decoder pretraining step {step + 1}/{config.decoder_pretrain_steps} loss {history[-1]:.4f}")
-            window = []
-    return history
+
+    def __init__(self, sam: Sam, samples: Sequence[LabelledImage], rough_maps: Sequence[np.ndarray | None] | None,
+                 config: SamTrainConfig, mmr: MMRConfig, rng: np.random.Generator) -> None:
+        self.size = sam.image_encoder.img_size
+        self.low = sam.prompt_encoder.mask_input_size[0]
+        self.config, self.mmr, self.rng = config, mmr, rng
+        maps = list(rough_maps) if rough_maps is not None else [None] * len(samples)
+        if len(maps) != len(samples):
+            raise ValueError(f"{len(maps)} rough maps for {len(samples)} samples")
+        self.data = [(sample, rough) for sample, rough in zip(samples, maps)
+                     if np.asarray(sample.mask).any() or config.negative_p > 0 or rough is not None]
+
+    def image(self) -> tuple[np.ndarray, PromptTargets]:
+        """One training image (RGB uint8 [S, S, 3]) with its prompts and targets."""
+        config, rng = self.config, self.rng
+        if not self.data or rng.random() < config.blob_p:
+            image, mask = random_blob(self.size, rng)
+            return image, self._drawn(mask)
+        sample, rough = self.data[int(rng.integers(len(self.data)))]
+        image, mask = square(sample.image, np.asarray(sample.mask, bool), self.size)
+        if rough is None or rng.random() >= config.mmr_prompt_p:
+            image, mask = augment_pair(image, mask, rng=rng)
+            return image, self._drawn(mask)
+        image, mask, rough = augment_pair(image, mask, resize_map(rough, self.size), rng=rng)
+        prompts = mmr_prompts(mask, rough, config.prompts_per_image, self.mmr, self.low, max(1, config.max_points), rng)
+        return image, prompts if prompts is not None else self._drawn(mask)
+
+    def _drawn(self, mask: np.ndarray) -> PromptTargets:
+        prompts = make_prompts(mask, self.config.prompts_per_image, self.config, self.rng)
+        return attach_mask_prompts(prompts, self.size, self.low, self.config, self.mmr, self.rng)
 
 
-def axis_aligned_positional_encoding(sam: Sam, low: float, high: float) -> None:
-    """Replace the prompt encoder's random Fourier frequencies (a saved buffer, so inference
-    uses the same) with geometrically spaced frequencies from `low` to `high` cycles per unit
-    of the [-1, 1] coordinate, alternately along x and along y.
-
-    Why: whether a pixel is inside a box is a product of two 1-D conditions (x between the box's
-    x edges, y between its y edges); with each frequency on one axis, the decoder's attention
-    logits can express such conditions as sums over separate x and y terms, and learn them
-    faster than from random 2-D directions (measured: IoU of box → inscribed ellipse after 300
-    decoder steps 0.46 vs 0.30).
-    """
-    buffer = sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-    count = buffer.shape[1]
-    frequencies = torch.as_tensor(np.geomspace(low, high, (count + 1) // 2), dtype=buffer.dtype)
-    matrix = torch.zeros_like(buffer)
-    matrix[0, 0::2] = frequencies[: (count + 1) // 2]
-    matrix[1, 1::2] = frequencies[: count // 2]
-    buffer.copy_(matrix)
-
-
-def train_sam(sam: Sam, samples: Sequence[LabelledImage], config: SamTrainConfig,
+def train_sam(sam: Sam, samples: Sequence[LabelledImage], config: SamTrainConfig, mmr: MMRConfig,
+              rough_maps: Sequence[np.ndarray | None] | None = None,
               log: Callable[[str], None] = LOG.info) -> list[float]:
     """Train every part of `sam` in place; returns the mean loss of every `log_every` steps.
 
-    samples: labelled images (any sizes; resized to SAM's input size), defect or normal; normal
-    ones are used only when `negative_p` > 0 (they have no region to prompt).
+    samples: labelled images (any sizes; resized to SAM's input size), defect or normal;
+    rough_maps: optional stage-1 map per sample, for MMR's own prompts (`mmr_prompt_p`);
+    mmr: the MMR settings the model will be used with (threshold, dense prompt gain).
     The model is left in eval mode.
     """
     rng = np.random.default_rng(config.seed)
-    size = sam.image_encoder.img_size
-    if config.negative_p <= 0:
-        samples = [s for s in samples if np.asarray(s.mask).any()]
-    if config.pe_frequencies is not None:
-        axis_aligned_positional_encoding(sam, *config.pe_frequencies)
-    if config.attention_init_gain > 0:
-        position_aware_attention_init(sam, config.attention_init_gain, config.seed)
-    if config.zero_no_mask_embed:
-        with torch.no_grad():
-            sam.prompt_encoder.no_mask_embed.weight.zero_()
+    sampler = PromptSampler(sam, samples, rough_maps, config, mmr, rng)
+    size = sampler.size
     sam.train()
-    history = pretrain_decoder(sam, config, rng, log) if config.decoder_pretrain_steps > 0 else []
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     device = next(sam.parameters()).device
-    window, start = [], time.perf_counter()
+    history, window, start = [], [], time.perf_counter()
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config)
-        blob_p = _blob_share(step, config)
-        pairs = [_training_image(samples, size, blob_p, rng) for _ in range(config.batch_size)]
-        prompts, index = _concat_prompts([make_prompts(mask, config.prompts_per_image, config, rng) for _, mask in pairs])
-        embeddings = encode(sam, [image for image, _ in pairs])
-        logits, iou = decode(sam, embeddings, prompts, index)
-        if config.full_res_loss:
-            logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-            target = torch.as_tensor(prompts.masks).float().to(device)
-        else:
-            target = low_res_targets(prompts.masks, tuple(logits.shape[-2:])).to(device)
+        images, per_image = zip(*(sampler.image() for _ in range(config.batch_size)))
+        prompts, index = _concat_prompts(per_image)
+        logits, iou = decode(sam, encode(sam, images), prompts, index)
+        logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        target = torch.as_tensor(prompts.masks).float().to(device)
         loss = prompt_losses(logits, iou, target, config).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -499,23 +500,37 @@ def train_sam(sam: Sam, samples: Sequence[LabelledImage], config: SamTrainConfig
 
 
 @torch.no_grad()
-def best_of_three_iou(sam: Sam, samples: Sequence[LabelledImage], seed: int = 0) -> float:
-    """Mean over defect regions of the best IoU among SAM's 3 masks, prompted with the region's
-    tight bounding box (no loosening, no points): how well SAM segments a prompted region."""
+def mmr_prompt_iou(sam: Sam, samples: Sequence[LabelledImage], rough_maps: Sequence[np.ndarray], mmr: MMRConfig,
+                   seed: int = 0) -> dict[str, float]:
+    """How much SAM improves on the prompts MMR sends, on components that overlap a defect.
+
+    For every such component of every sample's stage-1 map: IoU with the defect pixels in its
+    box of (a) the rough map thresholded at τ inside the box ("rough") and (b) SAM's best of 3
+    masks ("sam"). Returns the means over components, and "components" (how many).
+    """
     sam.eval()
     rng = np.random.default_rng(seed)
-    size = sam.image_encoder.img_size
-    tight = SamTrainConfig(box_loosen=(0.0, 0.0), box_pad_px=(0.0, 0.0), box_jitter=0.0, negative_p=0.0)
-    scores = []
-    for sample in samples:
+    size, low = sam.image_encoder.img_size, sam.prompt_encoder.mask_input_size[0]
+    scores: dict[str, list[float]] = {"rough": [], "sam": []}
+    for sample, rough in zip(samples, rough_maps):
         image, mask = square(sample.image, np.asarray(sample.mask, bool), size)
-        if not mask.any():
+        rough = resize_map(rough, size)
+        prompts = mmr_prompts(mask, rough, 10**6, mmr, low, 2, rng)
+        if prompts is None:
             continue
-        prompt = make_prompts(mask, 1, tight, rng)
-        prompt.labels[:] = -1  # box only
-        logits, _ = decode(sam, encode(sam, [image]), prompt)
+        keep = prompts.masks.any(axis=(1, 2))
+        if not keep.any():
+            continue
+        prompts = PromptTargets(*(getattr(prompts, f.name)[keep] for f in dataclasses.fields(PromptTargets)))
+        logits, _ = decode(sam, encode(sam, [image]), prompts)
         full = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-        scores.append(float(mask_iou(full[0], torch.as_tensor(prompt.masks[0]).expand(3, -1, -1)).max()))
-    if not scores:
-        raise ValueError("best_of_three_iou needs at least one sample with a defect")
-    return float(np.mean(scores))
+        target = torch.as_tensor(prompts.masks)
+        boxes = torch.as_tensor(np.stack([_box_mask(b, size) for b in prompts.boxes]))
+        rough_logits = torch.as_tensor(rough - mmr.prompt_threshold)[None].expand_as(target)
+        rough_inside = torch.where(boxes, rough_logits, torch.full_like(rough_logits, -1.0))
+        scores["rough"] += mask_iou(rough_inside, target).tolist()
+        scores["sam"] += mask_iou(full, target[:, None].expand_as(full)).max(dim=1).values.tolist()
+    if not scores["sam"]:
+        raise ValueError("mmr_prompt_iou: no stage-1 component overlaps a defect")
+    return {"rough": float(np.mean(scores["rough"])), "sam": float(np.mean(scores["sam"])),
+            "components": len(scores["sam"])}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from clipsam.backbones import open_clip_config
-from clipsam.config import ClipSAMConfig, ClipTapConfig, UMCIConfig
+from clipsam.config import ClipSAMConfig, ClipTapConfig, MMRConfig, UMCIConfig
 
 from .errors import UnknownProfileError
 
@@ -100,6 +100,8 @@ PROFILES: dict[str, Profile] = {
         clipsam_config=ClipSAMConfig(
             clip=ClipTapConfig(input_size=256, layers=(1, 2, 3, 4)),
             umci=UMCIConfig(vision_width=128, text_dim=64, num_layers=4, attn_dim=64),
+            # The tiny SAM is trained with dense mask prompts (clipsam.sam_training).
+            mmr=MMRConfig(mask_prompt=True),
         ),
     ),
 }

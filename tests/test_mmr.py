@@ -101,7 +101,7 @@ def tiny_sam():
 
 
 def _rough(map_):
-    return RoughResult(rough_map=map_.astype(np.float16), clip_image_score=0.1, stage1_ms=0.0)
+    return RoughResult(rough_map=map_.astype(np.float32), clip_image_score=0.1, stage1_ms=0.0)
 
 
 def test_sam_skipped_when_no_component(tiny_sam):
@@ -139,3 +139,37 @@ def test_decode_requires_prompts(tiny_sam):
     (emb,) = refiner.embed([np.zeros((40, 40, 3), np.uint8)])
     with pytest.raises(ValueError, match="at least one prompt"):
         refiner.decode(emb, [])
+
+
+def test_mask_prompt_is_the_rough_map_inside_the_box(tiny_sam):
+    """SAM's dense prompt per component: gain · (M − τ) inside the component's box, gain · (0 − τ)
+    ("surely normal") elsewhere, in SamPredictor's frame (longest side resized, bottom padded)."""
+    refiner = SamRefiner(tiny_sam)
+    rough = np.zeros((96, 192), np.float32)
+    rough[24:60, 96:180] = 0.8
+    rough[70:90, 10:40] = 0.9  # a second component: its values must not leak into the first's prompt
+    prompts = extract_prompts(rough, MMRConfig(box_padding=0))
+    (embedding,) = refiner.embed([np.zeros((96, 192, 3), np.uint8)])
+    logits = refiner.mask_inputs(embedding, rough, prompts, threshold=0.5, gain=8.0)
+    side = tiny_sam.prompt_encoder.mask_input_size[0]
+    assert logits.shape == (2, side, side)
+    scale = side / 192  # the image's long side spans the whole low-resolution frame
+    first = [i for i, p in enumerate(prompts) if p.box[0] == 96][0]
+    # Low-resolution cells whose centres lie in the box [96, 24, 180, 60]: rows 8..19, columns 32..59.
+    in_box = np.zeros((side, side), bool)
+    in_box[int(24 * scale) : int(60 * scale), int(96 * scale) : int(180 * scale)] = True
+    assert in_box.sum() == 12 * 28
+    np.testing.assert_array_equal(logits[first][~in_box], 8.0 * (0.0 - 0.5))
+    interior = logits[first][9:19, 33:59]  # away from the resampled edge of the 0.8 plateau
+    np.testing.assert_allclose(interior, 8.0 * (0.8 - 0.5), atol=1e-5)
+    assert np.all(logits[first][in_box] >= 8.0 * (0.0 - 0.5)) and np.all(logits[first][in_box] <= 8.0 * (0.8 - 0.5) + 1e-5)
+
+
+def test_mask_prompt_reaches_the_decoder(tiny_sam):
+    spots = np.zeros((32, 32))
+    spots[8:20, 6:14] = 0.9
+    images = [np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)]
+    plain = MaskRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0))(images, [_rough(spots)])[0]
+    dense = MaskRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0, mask_prompt=True))(images, [_rough(spots)])[0]
+    assert plain.prompts[0].box.tolist() == dense.prompts[0].box.tolist()
+    assert not np.allclose(plain.final_map, dense.final_map)

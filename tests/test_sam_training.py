@@ -1,0 +1,77 @@
+"""The tiny SAM's training (clipsam.sam_training): MMR's own prompts, and that training works."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipsam.backbones import build_sam
+from clipsam.config import MMRConfig
+from clipsam.mmr import extract_prompts, mask_prompt_logits
+from clipsam.sam_training import SamTrainConfig, mmr_prompts, train_sam
+from clipsam.synthetic import generate_image
+from model_store.profiles import TINY_SAM_CONFIG
+
+
+def test_mmr_prompts_are_what_mmr_sends() -> None:
+    mmr = MMRConfig(mask_prompt=True)
+    rough = np.zeros((64, 64), np.float32)
+    rough[8:20, 10:30] = 0.9  # over a defect
+    rough[40:56, 40:50] = 0.7  # a false alarm
+    mask = np.zeros((64, 64), bool)
+    mask[10:16, 12:20] = True
+    prompts = mmr_prompts(mask, rough, count=10, mmr=mmr, low=16, slots=2, rng=np.random.default_rng(0))
+    expected = extract_prompts(rough, mmr)
+    assert prompts is not None and len(prompts.boxes) == len(expected) == 2
+    order = np.argsort(prompts.boxes[:, 0])  # the sampler picks components in random order
+    for got, want in zip(order, expected):
+        np.testing.assert_array_equal(prompts.boxes[got], want.box)
+        np.testing.assert_array_equal(prompts.points[got][: len(want.points)], want.points)
+        assert (prompts.labels[got] == 1).sum() == len(want.points)
+    assert prompts.masks[order[0]].sum() == mask.sum()  # the defect, all of it inside the first box
+    assert not prompts.masks[order[1]].any()  # the false alarm asks for an empty mask
+    assert prompts.has_mask_input.all()
+    values = F.interpolate(torch.as_tensor(rough)[None, None], size=(16, 16), mode="area")[0, 0].numpy()
+    inside = np.zeros((16, 16), bool)
+    x0, y0, x1, y1 = prompts.boxes[order[1]] / 4
+    centres = np.arange(16) + 0.5
+    inside[(centres >= y0) & (centres < y1)] = True
+    inside[:, ~((centres >= x0) & (centres < x1))] = False
+    np.testing.assert_allclose(prompts.mask_inputs[order[1]],
+                               mask_prompt_logits(values, inside, mmr.prompt_threshold, mmr.mask_prompt_gain))
+    assert mmr_prompts(mask, np.zeros_like(rough), 10, mmr, 16, 2, np.random.default_rng(0)) is None
+
+
+def test_a_short_training_lowers_the_loss() -> None:
+    torch.manual_seed(0)
+    sam = build_sam(TINY_SAM_CONFIG)
+    samples = [generate_image("washer", seed=3, index=i, anomalous=True, size=128) for i in range(6)]
+    config = SamTrainConfig(steps=40, batch_size=4, warmup_steps=5, log_every=10, blob_p=0.5)
+    losses = train_sam(sam, samples, config, MMRConfig(mask_prompt=True))
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert not sam.training
+
+
+def test_rough_maps_must_match_the_samples() -> None:
+    sam = build_sam(TINY_SAM_CONFIG)
+    samples = [generate_image("washer", seed=3, index=0, anomalous=True, size=64)]
+    with pytest.raises(ValueError, match="2 rough maps for 1 samples"):
+        train_sam(sam, samples, dataclasses.replace(SamTrainConfig(), steps=1), MMRConfig(), [None, None])
+
+
+def test_trained_tiny_sam_improves_on_the_prompts_mmr_sends(tiny_model) -> None:
+    """On categories no training step saw, the tiny profile's SAM, given MMR's prompts from the
+    tiny profile's own stage-1 maps, overlaps the defects better than the thresholded rough map."""
+    from model_store.tiny import made_up_categories
+    from clipsam.sam_training import mmr_prompt_iou
+
+    samples = [generate_image(name, seed=11, index=i, anomalous=True, size=256)
+               for name in made_up_categories(160)[100:] for i in range(2)]
+    maps = [result.rough_map for result in tiny_model.rough_mapper([s.image for s in samples], [s.category for s in samples])]
+    result = mmr_prompt_iou(tiny_model.refiner.sam.sam, samples, maps, tiny_model.refiner.config)
+    assert result["components"] >= 10, result
+    assert result["sam"] > result["rough"], result
