@@ -11,9 +11,9 @@ holds the scores whose logit falls in [-L + 2L·b/B, -L + 2L·(b+1)/B). Why not 
 on [0, 1]: a trained map is a softmax at CLIP's logit scale, so most pixels of a good map sit
 below 1e-5 and rank among themselves there (measured: on the tiny profile's held-out
 categories the median normal pixel was ~1e-8 and defect pixels the detector was unsure of
-~1e-7). Equal-width bins (width 1.5e-5 at B = 2^16) put all of them in bin 0 as ties and
-reported a pixel AUROC of 0.61 where sklearn on the same maps gives 0.90; log-odds bins keep
-their order down to e^-L and still resolve 2e-4 around 0.5. Values outside [0, 1] are clipped
+~1e-7). Equal-width bins (width 1.5e-5 at B = 2^16) put all of them in bin 0 as ties (measured
+on a more saturated UMCI variant: pixel AUROC 0.61 reported where sklearn on its float32 maps
+gives 0.90); log-odds bins keep their order down to e^-L and still resolve 2e-4 around 0.5. Values outside [0, 1] are clipped
 into the end bins (still counted, ranked with 0 resp. 1); NaN is an error. Binning runs in
 float32 (the precision of the maps), so a threshold is exact: `bin_lower_edge(t)` is the
 smallest float32 score in bin t or above, and "bin(score) >= t" equals "score >= that edge"
