@@ -236,7 +236,7 @@ def train_tiny(seed: int, recipe: TinyRecipe, log: Callable[[str], None] = LOG.i
                            stage1_maps(mapper, train + extra), log)
     held_out = synthetic_samples(made_up_categories(recipe.extra_categories + SAM_CHECK_CATEGORIES)[recipe.extra_categories:],
                                  0, 2, recipe.image_size, seed, "tiny-sam-check")
-    sam_check = mmr_prompt_iou(sam, held_out, stage1_maps(mapper, held_out), config.mmr, seed=seed)
+    sam_check = mmr_prompt_iou(sam, held_out, stage1_maps(mapper, held_out), config.mmr)
     seconds["sam"] = time.perf_counter() - start
     log(f"tiny SAM on {sam_check['components']} MMR prompts of unseen made-up categories: defect IoU in the box "
         f"{sam_check['rough']:.3f} (rough map) -> {sam_check['sam']:.3f} (SAM, best of 3)")
