@@ -10,8 +10,10 @@ at small sizes and trains them here, on seeded synthetic industrial images
    never a kind that only TEST categories have); then frozen.
 2. UMCI: the ClipSAM loss on the frozen CLIP (`clipsam.train`), on other images of the TRAIN
    categories only (and recoloured copies of them).
-3. SAM: prompted defect and blob segmentation (`clipsam.sam_training`) on CLIP's images, with
-   the prompts MMR sends: drawn ones and MMR's own from the stage-1 maps of step 2.
+3. SAM: its image encoder first learns to segment defects and blobs from the image alone
+   (`sam_training.pretrain_encoder`), then the whole SAM learns prompted segmentation
+   (`sam_training.train_sam`) on CLIP's images, with the prompts MMR sends: drawn ones and
+   MMR's own from the stage-1 maps of step 2.
 
 The TEST categories stay unseen by every step, so `benchmarks/synthetic_accuracy.py` measures
 zero-shot transfer. Every step is seeded and runs with deterministic torch kernels on a fixed
@@ -47,7 +49,7 @@ from clipsam.backbones import build_clip, build_sam, clip_tokenizer
 from clipsam.clip_pretraining import ClipPretrainConfig, paste_anomaly, pretrain_clip, recolour
 from clipsam.config import ClipSAMConfig
 from clipsam.model import RoughMapper
-from clipsam.sam_training import SamTrainConfig, augment_pair, mmr_prompt_iou, train_sam
+from clipsam.sam_training import SamTrainConfig, augment_pair, mmr_prompt_iou, pretrain_encoder, train_sam
 from clipsam.train import TrainConfig, train_umci
 from clipsam.umci import UMCI
 
@@ -232,7 +234,9 @@ def train_tiny(seed: int, recipe: TinyRecipe, log: Callable[[str], None] = LOG.i
     seconds["umci"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    sam_losses = train_sam(sam, train + extra, dataclasses.replace(recipe.sam, seed=seed), config.mmr,
+    sam_config = dataclasses.replace(recipe.sam, seed=seed)
+    encoder_losses = pretrain_encoder(sam, train + extra, sam_config, log)
+    sam_losses = train_sam(sam, train + extra, sam_config, config.mmr,
                            stage1_maps(mapper, train + extra), log)
     held_out = synthetic_samples(made_up_categories(recipe.extra_categories + SAM_CHECK_CATEGORIES)[recipe.extra_categories:],
                                  0, 2, recipe.image_size, seed, "tiny-sam-check")
@@ -253,7 +257,8 @@ def train_tiny(seed: int, recipe: TinyRecipe, log: Callable[[str], None] = LOG.i
         "clip_pretraining": {"config": recipe.clip.to_dict(), "loss_history": clip_losses},
         "umci_training": {"config": umci_config.to_dict(), "epoch_losses": umci_losses,
                           "categories": list(synthetic.TRAIN_CATEGORIES), "images": len(umci_train)},
-        "sam_training": {"config": recipe.sam.to_dict(), "loss_history": sam_losses,
+        "sam_training": {"config": recipe.sam.to_dict(), "encoder_pretraining_loss_history": encoder_losses,
+                         "loss_history": sam_losses,
                          "mmr_prompt_iou_unseen_made_up_categories": sam_check},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "threads": recipe.threads,
