@@ -2,8 +2,10 @@
 
 Pretrained SAM weights cannot be downloaded where the `tiny` profile is built, and a randomly
 initialised SAM returns noise, which would make the refinement stage meaningless. This module
-trains the tiny SAM (image encoder, prompt encoder and mask decoder, all from scratch) the way SAM
-itself was trained, at toy scale, on the prompts MMR sends at inference:
+trains the tiny SAM (image encoder, prompt encoder and mask decoder, all from scratch) in two
+steps. `pretrain_encoder` first teaches the image encoder alone to segment defects and blobs
+(without it the prompted training never makes SAM read the image). `train_sam` then trains the
+whole model the way SAM itself was trained, at toy scale, on the prompts MMR sends at inference:
 
 - MMR's own prompts (`mmr_prompts`): the components of a real stage-1 map of the training
   image, each with its box, its points and (with `MMRConfig.mask_prompt`) the rough map inside

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from clipsam.backbones import build_sam
 from clipsam.config import MMRConfig
 from clipsam.mmr import extract_prompts, mask_prompt_logits
-from clipsam.sam_training import SamTrainConfig, mmr_prompts, pretrain_encoder, train_sam
+from clipsam.sam_training import SamTrainConfig, mmr_prompt_iou, mmr_prompts, pretrain_encoder, train_sam
 from clipsam.synthetic import generate_image
 from model_store.profiles import TINY_SAM_CONFIG
+from model_store.tiny import made_up_categories
 
 
 def test_mmr_prompts_are_what_mmr_sends() -> None:
@@ -66,8 +67,6 @@ def test_rough_maps_must_match_the_samples() -> None:
 def test_trained_tiny_sam_improves_on_the_prompts_mmr_sends(tiny_model) -> None:
     """On categories no training step saw, the tiny profile's SAM, given MMR's prompts from the
     tiny profile's own stage-1 maps, overlaps the defects better than the thresholded rough map."""
-    from model_store.tiny import made_up_categories
-    from clipsam.sam_training import mmr_prompt_iou
 
     samples = [generate_image(name, seed=11, index=i, anomalous=True, size=256)
                for name in made_up_categories(160)[100:] for i in range(2)]
@@ -95,8 +94,6 @@ def test_trained_tiny_sam_reads_the_image(tiny_model) -> None:
     """The tiny SAM does not just reshape the dense prompt: on MMR's components of categories no
     training step saw, its masks fit the defects better on the real images than with the same
     prompts on flat grey images."""
-    from model_store.tiny import made_up_categories
-    from clipsam.sam_training import mmr_prompt_iou
 
     samples = [generate_image(name, seed=11, index=i, anomalous=True, size=256)
                for name in made_up_categories(160)[100:] for i in range(2)]
