@@ -39,12 +39,33 @@ def prepare_input(workdir: Path) -> Path:
     return target
 
 
-def prepare_store(store: Path) -> Path:
-    if not (store / "tiny" / "manifest.json").exists():
-        from model_store.tiny import make_tiny
+def show_progress(*loggers: str) -> None:
+    """INFO lines of our own loggers on stderr (the tiny build's progress), Beam's left at WARNING.
 
-        logging.getLogger("clipsam.demo").info("building the tiny model store at %s (first run only)", store)
-        make_tiny(str(store))
+    Not `logging.basicConfig`: importing Beam logs a warning through the root logger, which
+    installs a bare root handler and turns basicConfig into a no-op, so a first demo run would
+    train for minutes without a line of output.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in loggers:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def prepare_store(store: Path) -> Path:
+    """<store>/tiny from the current recipe and code. `make_tiny` keeps each build under a key
+    of the seed, recipe and training sources, so an unchanged checkout only copies the cached
+    build, while a checkout whose recipe changed retrains instead of running stale weights."""
+    from model_store.tiny import TinyRecipe, build_key, default_build_cache, make_tiny
+
+    cached = default_build_cache() / build_key(0, True, TinyRecipe()) / "tiny" / "manifest.json"
+    if not cached.exists():
+        logging.getLogger("clipsam.demo").info(
+            "training the tiny models for this checkout (about 8 min on 2 cores, once per recipe); store: %s", store)
+    make_tiny(str(store))
     return store
 
 
@@ -53,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "demo"), help="where demo inputs and the tiny store live")
     parser.add_argument("--output", default=str(REPO / "out" / "demo"), help="output root (default ./out/demo)")
     known, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    show_progress("clipsam", "model_store")
     workdir = Path(known.workdir)
     os.environ.setdefault("CLIPSAM_CACHE", str(workdir / "weights-cache"))
     store = prepare_store(workdir / "model-store")
