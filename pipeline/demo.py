@@ -58,13 +58,10 @@ def show_progress(*loggers: str) -> None:
 def prepare_store(store: Path) -> Path:
     """<store>/tiny from the current recipe and code. `make_tiny` keeps each build under a key
     of the seed, recipe and training sources, so an unchanged checkout only copies the cached
-    build, while a checkout whose recipe changed retrains instead of running stale weights."""
-    from model_store.tiny import TinyRecipe, build_key, default_build_cache, make_tiny
+    build, while a checkout whose recipe changed retrains (and says so) instead of running
+    stale weights."""
+    from model_store.tiny import make_tiny
 
-    cached = default_build_cache() / build_key(0, True, TinyRecipe()) / "tiny" / "manifest.json"
-    if not cached.exists():
-        logging.getLogger("clipsam.demo").info(
-            "training the tiny models for this checkout (about 8 min on 2 cores, once per recipe); store: %s", store)
     make_tiny(str(store))
     return store
 

@@ -64,7 +64,8 @@ def test_rough_maps_must_match_the_samples() -> None:
         train_sam(sam, samples, dataclasses.replace(SamTrainConfig(), steps=1), MMRConfig(), [None, None])
 
 
-def _unseen_defects_and_maps(tiny_model) -> tuple[list, list[np.ndarray]]:
+@pytest.fixture(scope="module")
+def unseen_defects_and_maps(tiny_model) -> tuple[list, list[np.ndarray]]:
     """Defect images of made-up categories no training step saw, and the tiny profile's stage-1 maps of them."""
     samples = [generate_image(name, seed=11, index=i, anomalous=True, size=256)
                for name in made_up_categories(160)[100:] for i in range(2)]
@@ -72,10 +73,10 @@ def _unseen_defects_and_maps(tiny_model) -> tuple[list, list[np.ndarray]]:
     return samples, maps
 
 
-def test_trained_tiny_sam_improves_on_the_prompts_mmr_sends(tiny_model) -> None:
+def test_trained_tiny_sam_improves_on_the_prompts_mmr_sends(tiny_model, unseen_defects_and_maps) -> None:
     """On categories no training step saw, the tiny profile's SAM, given MMR's prompts from the
     tiny profile's own stage-1 maps, overlaps the defects better than the thresholded rough map."""
-    samples, maps = _unseen_defects_and_maps(tiny_model)
+    samples, maps = unseen_defects_and_maps
     result = mmr_prompt_iou(tiny_model.refiner.sam.sam, samples, maps, tiny_model.refiner.config)
     assert result["components"] >= 10, result
     assert result["sam"] > result["rough"], result
@@ -95,11 +96,11 @@ def test_encoder_pretraining_trains_the_image_encoder_only() -> None:
     assert "image_encoder.patch_embed.proj.weight" in changed
 
 
-def test_trained_tiny_sam_reads_the_image(tiny_model) -> None:
+def test_trained_tiny_sam_reads_the_image(tiny_model, unseen_defects_and_maps) -> None:
     """The tiny SAM does not just reshape the dense prompt: on MMR's components of categories no
     training step saw, its masks fit the defects better on the real images than with the same
     prompts on flat grey images."""
-    samples, maps = _unseen_defects_and_maps(tiny_model)
+    samples, maps = unseen_defects_and_maps
     grey = [dataclasses.replace(s, image=np.full_like(s.image, 128)) for s in samples]
     sam, mmr = tiny_model.refiner.sam.sam, tiny_model.refiner.config
     real, blind = mmr_prompt_iou(sam, samples, maps, mmr), mmr_prompt_iou(sam, grey, maps, mmr)
