@@ -1,6 +1,6 @@
 """Does the method work? Zero-shot accuracy of the trained `tiny` profile on unseen categories.
 
-    python benchmarks/synthetic_accuracy.py [--store DIR] [--normal 8] [--anomalous 16] [--real DIR]
+    python benchmarks/synthetic_accuracy.py [--store DIR] [--split test] [--normal 8] [--anomalous 16] [--real DIR]
 
 Scores seeded synthetic images of the held-out categories (`clipsam.synthetic.TEST_CATEGORIES`:
 no training step of the tiny profile saw them or, for two of them, their kind) three ways and
@@ -11,6 +11,10 @@ prints the mean over categories of pixel AUROC / AP / F1-max / AU-PRO and image 
       frozen CLIP says without UMCI;
   (b) UMCI: the rough map M_clip of stage 1;
   (c) UMCI + MMR: the final map after SAM refinement (stage 2), i.e. what the pipeline writes.
+
+--split validation scores 32 made-up categories instead (`model_store.tiny.validation_categories`:
+no step of the build saw them either). Choose settings such as τ or α there; the test split only
+reports, so its numbers are not tuned to.
 
 With --real DIR (an MVTec-AD-layout folder, e.g. tests/data/real/mvtec_ad) the same three rows are printed
 for those images. Without --store the trained tiny profile is built (or taken from its cache,
@@ -34,6 +38,7 @@ from clipsam.metrics import CategoryMetricsAccumulator
 from clipsam.model import ClipSAM
 from clipsam.synthetic import TEST_CATEGORIES, generate_image
 from clipsam.clip_features import ClipFeatureTap, preprocess_images
+from model_store.tiny import make_tiny, validation_categories
 
 ROWS = ("plain CLIP", "UMCI", "UMCI + MMR")
 COLUMNS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro", "image_auroc")
@@ -92,9 +97,10 @@ def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
         print(f"{row:>12} " + " ".join(f"{values[c]:13.4f}" for c in COLUMNS))
 
 
-def synthetic_test_set(normal: int, anomalous: int, size: int, seed: int) -> list:
+def synthetic_test_set(normal: int, anomalous: int, size: int, seed: int,
+                       categories: Sequence[str] = TEST_CATEGORIES) -> list:
     samples = []
-    for category in TEST_CATEGORIES:
+    for category in categories:
         samples += [generate_image(category, seed=seed, index=i, anomalous=False, size=size, split="bench/good")
                     for i in range(normal)]
         samples += [generate_image(category, seed=seed, index=i, anomalous=True, size=size, split="bench/defect")
@@ -128,6 +134,9 @@ def main() -> None:
     parser.add_argument("--anomalous", type=int, default=16, help="anomalous images per held-out category")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=1234, help="seed of the evaluation images")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="test: the held-out TEST categories (report these); validation: 32 made-up "
+                             "categories no build step saw, for choosing MMR settings (tune there, not on test)")
     parser.add_argument("--real", type=Path, help="also score an MVTec-AD-layout folder")
     parser.add_argument("--json", type=Path, help="write the tables here as JSON")
     args = parser.parse_args()
@@ -136,18 +145,18 @@ def main() -> None:
     tmp = None
     store = args.store
     if store is None:
-        from model_store.tiny import make_tiny
-
         tmp = tempfile.TemporaryDirectory()
         store = tmp.name
         start = time.perf_counter()
         make_tiny(store)
         print(f"tiny profile ready in {time.perf_counter() - start:.0f} s")
     model = ClipSAM.from_store(store, args.profile)
-    samples = synthetic_test_set(args.normal, args.anomalous, args.size, args.seed)
-    print(f"held-out synthetic categories ({len(TEST_CATEGORIES)}): {', '.join(TEST_CATEGORIES)}; {len(samples)} images")
-    tables = {"synthetic_held_out": table(score(model, samples))}
-    print_table("held-out synthetic categories, mean over categories", tables["synthetic_held_out"])
+    categories = TEST_CATEGORIES if args.split == "test" else validation_categories()
+    samples = synthetic_test_set(args.normal, args.anomalous, args.size, args.seed, categories)
+    print(f"{args.split} split, synthetic categories ({len(categories)}): {', '.join(categories)}; {len(samples)} images")
+    key = "synthetic_held_out" if args.split == "test" else "synthetic_validation"
+    tables = {key: table(score(model, samples))}
+    print_table(f"{args.split} split, mean over categories", tables[key])
     if args.real:
         real = real_samples(args.real)
         if not real:

@@ -158,6 +158,13 @@ def made_up_categories(count: int) -> list[str]:
     return names
 
 
+def validation_categories(count: int = 32) -> list[str]:
+    """`count` made-up categories that neither training nor the SAM check of the build uses: a
+    split for choosing MMR settings (τ, α, box padding) without looking at the TEST categories."""
+    skip = TinyRecipe().extra_categories + SAM_CHECK_CATEGORIES
+    return made_up_categories(skip + count)[skip:]
+
+
 def synthetic_samples(categories: list[str], normal: int, anomalous: int, size: int, seed: int,
                       split: str) -> list[synthetic.SyntheticSample]:
     """`normal` + `anomalous` seeded images of each category (independent streams per split)."""

@@ -9,7 +9,6 @@ defects only: the demo shows the pipeline, not production accuracy.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from clipsam.synthetic import TEST_CATEGORIES
 
+from .logs import show_progress
 from .make_synthetic import write_synthetic_dataset
 from .run import main as run_main
 
@@ -39,22 +39,6 @@ def prepare_input(workdir: Path) -> Path:
     return target
 
 
-def show_progress(*loggers: str) -> None:
-    """INFO lines of our own loggers on stderr (the tiny build's progress), Beam's left at WARNING.
-
-    Not `logging.basicConfig`: importing Beam logs a warning through the root logger, which
-    installs a bare root handler and turns basicConfig into a no-op, so a first demo run would
-    train for minutes without a line of output.
-    """
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in loggers:
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 def prepare_store(store: Path) -> Path:
     """<store>/tiny from the current recipe and code. `make_tiny` keeps each build under a key
     of the seed, recipe and training sources, so an unchanged checkout only copies the cached
@@ -71,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "demo"), help="where demo inputs and the tiny store live")
     parser.add_argument("--output", default=str(REPO / "out" / "demo"), help="output root (default ./out/demo)")
     known, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    show_progress("clipsam", "model_store")
+    show_progress()
     workdir = Path(known.workdir)
     os.environ.setdefault("CLIPSAM_CACHE", str(workdir / "weights-cache"))
     store = prepare_store(workdir / "model-store")

@@ -27,6 +27,7 @@ from transforms.evaluate import write_metrics
 from transforms.layouts import InputUnit
 from transforms.records import read_map_png
 
+from .logs import show_progress
 from .run import OptionError, list_all_inputs
 
 LOG = logging.getLogger("clipsam.evaluate")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="where metrics.json / metrics.parquet go (default: a `reevaluated` folder in --records)")
     parser.add_argument("--bins", type=int, default=DEFAULT_BINS, help="histogram bins (default 2^16)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    show_progress()
     try:
         per_category = evaluate_records(args.records, args.ground_truth, args.bins)
     except OptionError as exc:

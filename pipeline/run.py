@@ -26,6 +26,7 @@ from transforms.progress import NAMESPACE
 from transforms.stages import ModelSpec
 
 from .graph import GraphSettings, build_graph, default_num_shards
+from .logs import show_progress
 from .options import ClipSAMOptions, OptionError, mmr_overrides, validate
 from .summary import RunSummary, summarize_run
 
@@ -134,7 +135,7 @@ def run(argv: list[str]) -> RunSummary | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    show_progress()
     try:
         summary = run(sys.argv[1:] if argv is None else argv)
     except OptionError as exc:

@@ -41,6 +41,8 @@ from model_store.training import INITS, base_summary, publish_trained_umci, requ
 from transforms.layouts import InputUnit
 from transforms.training_data import DatasetListing, TrainingData, limit_per_category, list_dataset, read_training_images
 
+from .logs import show_progress
+
 LOG = logging.getLogger("clipsam.train_umci")
 SPLITS = ("test", "train")
 DEVICES = ("auto", "cpu", "cuda")
@@ -379,24 +381,8 @@ def _provenance(prepared: TrainPlan, data: TrainingData, losses: list[float], ru
     }
 
 
-def configure_logging() -> None:
-    """INFO progress lines on stderr with timestamps.
-
-    Not `logging.basicConfig`: importing Beam already logs a warning through the root logger,
-    which installs a bare WARNING-level handler and turns basicConfig into a no-op (the progress
-    lines would vanish). Handlers someone else installed (pytest's capture) are left alone.
-    """
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    if not root.handlers:
-        root.addHandler(logging.StreamHandler())
-    for handler in root.handlers:
-        if type(handler) is logging.StreamHandler:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_logging()
+    show_progress()
     prepared = plan(sys.argv[1:] if argv is None else argv)
     try:
         summary = train(prepared)

@@ -1,6 +1,9 @@
 """The whole job on FnApiRunner: mixed real/VisA/tar/broken input → Parquet records, failures, metrics."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,8 @@ from pipeline.summary import read_rows
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA
 
 from .conftest import tar_bytes
+
+REPO = Path(__file__).resolve().parents[1]
 
 VARYING = {"processed_at", "stage1_ms", "stage2_ms"}
 
@@ -121,14 +126,14 @@ def test_mixed_input_in_process(mixed_input, tiny_store, tmp_path):
 
 def test_mixed_input_multi_processing(mixed_input, tiny_store, tmp_path, monkeypatch):
     inputs, expected = mixed_input
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # worker processes import the project
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # worker processes import the project
     summary = _run(inputs, tiny_store, tmp_path / "out", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     _check_outputs(tmp_path / "out" / "t1", expected, summary)
 
 
 def test_one_shared_model_copy_across_worker_processes(visa_sample_dir, tiny_store, tmp_path, monkeypatch):
     """--model_copies=1: both SDK processes call one model copy through Beam's process proxy."""
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
     summary = _run([str(visa_sample_dir)], tiny_store, tmp_path / "out", "--model_copies=1",
                    "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     assert summary.num_records == 4 and summary.num_failures == 0 and summary.missing == []
@@ -163,7 +168,7 @@ def test_dask_runner_runs_every_sink_and_reports_lost_images(real_data_dir, tiny
     output, and the summary must name exactly the images that were lost.
     """
     distributed = pytest.importorskip("dask.distributed")
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
     mvtec = real_data_dir / "mvtec_ad_256"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         summary = _run([str(mvtec)], tiny_store, tmp_path / "out", f"--dask_client_address={cluster.scheduler_address}",
@@ -195,6 +200,17 @@ def test_dataflow_graph_builds_offline(real_data_dir, tiny_store, tmp_path, caps
     for step in ("ReadImages", "Stage1_CLIP_UMCI", "Stage2_SAM_MMR", "WriteRecords", "WriteFailures", "Evaluate"):
         assert step in printed
     assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_cli_shows_its_progress_lines_but_not_beams(real_data_dir, tiny_store, tmp_path):
+    # A fresh interpreter, as a user runs it: importing Beam installs a bare root handler that
+    # made logging.basicConfig a no-op, and the run's INFO lines never reached the console.
+    command = [sys.executable, "-m", "pipeline.run", f"--input={real_data_dir / 'mvtec_ad_256'}",
+               f"--output={tmp_path}", f"--model_store={tiny_store}", "--graph_only"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"\d{4}-\d\d-\d\d [\d:,]+ INFO clipsam.run: run \S+: \d+ inputs from ", done.stderr), done.stderr
+    assert " INFO apache_beam" not in done.stderr
 
 
 @pytest.mark.parametrize(
