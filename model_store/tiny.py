@@ -338,7 +338,7 @@ def _cached_build(seed: int, trained: bool, recipe: TinyRecipe, build_cache: Pat
     with _file_lock(target.with_name(target.name + ".lock")):
         if not (target / TINY / "manifest.json").exists():
             LOG.info("no cached tiny build for this seed, recipe and code (%s): training it, "
-                     "about 8 min on 2 cores", target)
+                     "8-10 min on 2 cores", target)
             scratch = Path(tempfile.mkdtemp(dir=build_cache, prefix=f".{target.name}."))
             try:
                 _build(str(scratch), seed, trained, recipe, provenance)
