@@ -26,7 +26,6 @@ CLIP is frozen afterwards, as ClipSAM requires.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
@@ -39,6 +38,7 @@ from torch import nn
 
 from .clip_features import ClipFeatureTap
 from .config import ClipTapConfig
+from .loss_log import WindowedLoss
 from .prompts import ensemble_sentences
 from .train import LabelledImage
 
@@ -235,7 +235,7 @@ def pretrain_clip(
     clip.visual.positional_embedding.requires_grad_(False)  # see ClipPretrainConfig.crop_size
     trained = [p for p in clip.parameters() if p.requires_grad] + list(heads.parameters())
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
-    history, window, start = [], [], time.perf_counter()
+    losses = WindowedLoss("clip pretraining", config.steps, config.log_every, config.batch_size, log)
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config)
@@ -250,11 +250,6 @@ def pretrain_clip(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(float(loss.detach()))
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            history.append(float(np.mean(window)))
-            log(f"clip pretraining step {step + 1}/{config.steps} loss {history[-1]:.4f} "
-                f"({(step + 1) * config.batch_size / (time.perf_counter() - start):.1f} img/s)")
-            window = []
+        losses.add(step, loss)
     clip.eval().requires_grad_(False)
-    return history
+    return losses.history

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
@@ -48,6 +47,7 @@ from scipy import ndimage
 from segment_anything.modeling import Sam
 
 from .config import MMRConfig
+from .loss_log import WindowedLoss
 from .mmr import cells_in_boxes, extract_prompts, mask_prompt_logits
 from .train import LabelledImage
 
@@ -500,7 +500,7 @@ def pretrain_encoder(sam: Sam, samples: Sequence[LabelledImage], config: SamTrai
                                   lr=config.encoder_pretrain_lr, weight_decay=config.weight_decay)
     data = list(samples)
     encoder.train()
-    history, window = [], []
+    losses = WindowedLoss("sam encoder pretraining", config.encoder_pretrain_steps, config.log_every, config.batch_size, log)
     for step in range(config.encoder_pretrain_steps):
         images, masks = [], []
         for _ in range(config.batch_size):
@@ -519,12 +519,8 @@ def pretrain_encoder(sam: Sam, samples: Sequence[LabelledImage], config: SamTrai
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(float(loss.detach()))
-        if (step + 1) % config.log_every == 0 or step + 1 == config.encoder_pretrain_steps:
-            history.append(float(np.mean(window)))
-            log(f"sam encoder pretraining step {step + 1}/{config.encoder_pretrain_steps} loss {history[-1]:.4f}")
-            window = []
-    return history
+        losses.add(step, loss)
+    return losses.history
 
 
 def train_sam(sam: Sam, samples: Sequence[LabelledImage], config: SamTrainConfig, mmr: MMRConfig,
@@ -545,7 +541,7 @@ def train_sam(sam: Sam, samples: Sequence[LabelledImage], config: SamTrainConfig
     optimizer = torch.optim.AdamW([{"params": list(sam.image_encoder.parameters()), "share": config.encoder_lr / config.lr},
                                    {"params": others, "share": 1.0}], lr=config.lr, weight_decay=config.weight_decay)
     device = next(sam.parameters()).device
-    history, window, start = [], [], time.perf_counter()
+    losses = WindowedLoss("sam training", config.steps, config.log_every, config.batch_size, log)
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config) * group["share"]
@@ -558,14 +554,9 @@ def train_sam(sam: Sam, samples: Sequence[LabelledImage], config: SamTrainConfig
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(float(loss.detach()))
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            history.append(float(np.mean(window)))
-            log(f"sam training step {step + 1}/{config.steps} loss {history[-1]:.4f} "
-                f"({(step + 1) * config.batch_size / (time.perf_counter() - start):.1f} img/s)")
-            window = []
+        losses.add(step, loss)
     sam.eval()
-    return history
+    return losses.history
 
 
 @torch.no_grad()
