@@ -38,6 +38,7 @@ from torch import nn
 
 from .clip_features import ClipFeatureTap
 from .config import ClipTapConfig
+from .device import FOREACH_STEP
 from .loss_log import WindowedLoss
 from .prompts import ensemble_sentences
 from .train import LabelledImage
@@ -234,7 +235,7 @@ def pretrain_clip(
     clip.logit_scale.requires_grad_(False)  # fixed temperature, see ClipPretrainConfig
     clip.visual.positional_embedding.requires_grad_(False)  # see ClipPretrainConfig.crop_size
     trained = [p for p in clip.parameters() if p.requires_grad] + list(heads.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay, foreach=FOREACH_STEP)
     losses = WindowedLoss("clip pretraining", config.steps, config.log_every, config.batch_size, log)
     for step in range(config.steps):
         for group in optimizer.param_groups:

@@ -1,4 +1,4 @@
-"""How work is laid out on the device: autocast and forward-pass sizes.
+"""How work is laid out on the device: autocast, forward-pass sizes and the optimizer step.
 
 On CPU each image gets its own forward pass. Batched matrix products on CPU choose their
 blocking (and so their summation order) by batch size, so an image's scores would change in
@@ -16,8 +16,14 @@ import torch
 
 T = TypeVar("T")
 
+# torch takes its multi-tensor ("foreach") optimizer step by default only for CUDA tensors. On the
+# CPU it leaves bit-identical parameters in about half the time (measured on the tiny CLIP, SAM and
+# UMCI), so every trainer here asks for it: `torch.optim.AdamW(..., foreach=FOREACH_STEP)`.
+FOREACH_STEP = True
+
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing elsewhere (losses stay float32: softmaxes run in float32)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -47,6 +47,7 @@ from scipy import ndimage
 from segment_anything.modeling import Sam
 
 from .config import MMRConfig
+from .device import FOREACH_STEP
 from .loss_log import WindowedLoss
 from .mmr import cells_in_boxes, extract_prompts, mask_prompt_logits
 from .train import LabelledImage
@@ -497,7 +498,8 @@ def pretrain_encoder(sam: Sam, samples: Sequence[LabelledImage], config: SamTrai
         head.bias.fill_(-2.0)  # start near "no defect", the answer for almost every pixel
     optimizer = torch.optim.AdamW([{"params": list(encoder.parameters())},
                                    {"params": list(head.parameters()), "lr": 10 * config.encoder_pretrain_lr}],
-                                  lr=config.encoder_pretrain_lr, weight_decay=config.weight_decay)
+                                  lr=config.encoder_pretrain_lr, weight_decay=config.weight_decay,
+                                  foreach=FOREACH_STEP)
     data = list(samples)
     encoder.train()
     losses = WindowedLoss("sam encoder pretraining", config.encoder_pretrain_steps, config.log_every, config.batch_size, log)
@@ -539,7 +541,8 @@ def train_sam(sam: Sam, samples: Sequence[LabelledImage], config: SamTrainConfig
     sam.train()
     others = [p for name, p in sam.named_parameters() if not name.startswith("image_encoder.")]
     optimizer = torch.optim.AdamW([{"params": list(sam.image_encoder.parameters()), "share": config.encoder_lr / config.lr},
-                                   {"params": others, "share": 1.0}], lr=config.lr, weight_decay=config.weight_decay)
+                                   {"params": others, "share": 1.0}], lr=config.lr, weight_decay=config.weight_decay,
+                                  foreach=FOREACH_STEP)
     device = next(sam.parameters()).device
     losses = WindowedLoss("sam training", config.steps, config.log_every, config.batch_size, log)
     for step in range(config.steps):

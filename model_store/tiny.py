@@ -63,8 +63,8 @@ SAM_CHECK_CATEGORIES = 40  # made-up categories no training step saw, for the tr
 # Sources whose code decides the trained weights (or the loss history recorded with them): a change
 # to any of them invalidates cached builds.
 WEIGHT_SOURCES = (
-    "backbones.py", "clip_features.py", "clip_pretraining.py", "config.py", "loss_log.py", "mmr.py", "model.py",
-    "prompts.py", "sam_training.py", "synthetic.py", "train.py", "umci.py",
+    "backbones.py", "clip_features.py", "clip_pretraining.py", "config.py", "device.py", "loss_log.py", "mmr.py",
+    "model.py", "prompts.py", "sam_training.py", "synthetic.py", "train.py", "umci.py",
 )
 
 
