@@ -31,6 +31,7 @@ from PIL import Image
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("FSSPEC_GS_TOKEN", "anon")
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout: cwd / PYTHONPATH of subprocesses the tests start
 DATA_DIR = Path(__file__).parent / "data"
 GCS_TEST_BUCKET = "clipsam-test"
 

@@ -30,7 +30,7 @@ from model_store.stage import download, stage
 from model_store.store import ModelStore, cache_dir, sha256_file
 from model_store.tiny import make_tiny
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
 
 
 @pytest.fixture()

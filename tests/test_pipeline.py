@@ -18,9 +18,7 @@ from pipeline.run import run
 from pipeline.summary import read_rows
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA
 
-from .conftest import tar_bytes
-
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO, tar_bytes
 
 VARYING = {"processed_at", "stage1_ms", "stage2_ms"}
 

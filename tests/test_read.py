@@ -21,13 +21,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from tests.conftest import BrokenInputs, GcsEmulator, tar_bytes
+from tests.conftest import REPO, BrokenInputs, GcsEmulator, tar_bytes
 from transforms.elements import STAGE_DECODE, STAGE_READ, Failure, ImageElement, make_image_id
 from transforms.layouts import InputUnit, list_inputs
 from transforms.progress import NAMESPACE as METRICS_NAMESPACE
 from transforms.read import FAILURES, IMAGES, ReadImages, read_unit
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -515,7 +513,7 @@ class TestReadImagesPipeline:
     ):
         # Worker subprocesses see only the environment: the emulator endpoint and anonymous
         # gs:// credentials (conftest) and where to import this project from.
-        paths = [str(REPO_ROOT), os.environ.get("PYTHONPATH")]
+        paths = [str(REPO), os.environ.get("PYTHONPATH")]
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
         assert os.environ["STORAGE_EMULATOR_HOST"] == gcs_emulator.endpoint
         run_id = uuid.uuid4().hex[:8]

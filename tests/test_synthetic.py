@@ -16,7 +16,7 @@ from scipy import ndimage
 from clipsam import synthetic as S
 from pipeline import make_synthetic
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
 
 
 def _sample(category: str, **kw: object) -> S.SyntheticSample:
