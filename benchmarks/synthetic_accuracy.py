@@ -23,12 +23,13 @@ for those images. Without --store the trained tiny profile is built (or taken fr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -126,8 +127,8 @@ def real_samples(root: Path) -> list:
     return samples
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that pick the model store and the synthetic images, shared by the benchmarks of this folder."""
     parser.add_argument("--store", help="model store root holding the tiny profile (default: build/cached)")
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--normal", type=int, default=8, help="normal images per held-out category")
@@ -137,37 +138,51 @@ def main() -> None:
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="test: the held-out TEST categories (report these); validation: 32 made-up "
                              "categories no build step saw, for choosing MMR settings (tune there, not on test)")
+
+
+def split_samples(args: argparse.Namespace) -> list:
+    """The seeded synthetic images of the chosen split (see `add_split_arguments`)."""
+    categories = TEST_CATEGORIES if args.split == "test" else validation_categories()
+    samples = synthetic_test_set(args.normal, args.anomalous, args.size, args.seed, categories)
+    print(f"{args.split} split, synthetic categories ({len(categories)}): {', '.join(categories)}; {len(samples)} images")
+    return samples
+
+
+@contextlib.contextmanager
+def benchmark_model(args: argparse.Namespace) -> Iterator[ClipSAM]:
+    """The profile of --store; without it, the trained tiny profile, built (or taken from its cache)
+    into a temporary store that is removed afterwards."""
+    if args.store is not None:
+        yield ClipSAM.from_store(args.store, args.profile)
+        return
+    with tempfile.TemporaryDirectory() as store:
+        start = time.perf_counter()
+        make_tiny(store)
+        print(f"tiny profile ready in {time.perf_counter() - start:.0f} s")
+        yield ClipSAM.from_store(store, args.profile)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_split_arguments(parser)
     parser.add_argument("--real", type=Path, help="also score an MVTec-AD-layout folder")
     parser.add_argument("--json", type=Path, help="write the tables here as JSON")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    tmp = None
-    store = args.store
-    if store is None:
-        tmp = tempfile.TemporaryDirectory()
-        store = tmp.name
-        start = time.perf_counter()
-        make_tiny(store)
-        print(f"tiny profile ready in {time.perf_counter() - start:.0f} s")
-    model = ClipSAM.from_store(store, args.profile)
-    categories = TEST_CATEGORIES if args.split == "test" else validation_categories()
-    samples = synthetic_test_set(args.normal, args.anomalous, args.size, args.seed, categories)
-    print(f"{args.split} split, synthetic categories ({len(categories)}): {', '.join(categories)}; {len(samples)} images")
-    key = "synthetic_held_out" if args.split == "test" else "synthetic_validation"
-    tables = {key: table(score(model, samples))}
-    print_table(f"{args.split} split, mean over categories", tables[key])
-    if args.real:
-        real = real_samples(args.real)
-        if not real:
-            parser.error(f"--real {args.real}: no <category>/test/<defect>/*.png images there")
-        print(f"\n{len(real)} real images from {args.real}")
-        tables["real"] = table(score(model, real, log_every=10))
-        print_table(f"real images ({args.real}), mean over categories", tables["real"])
+    with benchmark_model(args) as model:
+        key = "synthetic_held_out" if args.split == "test" else "synthetic_validation"
+        tables = {key: table(score(model, split_samples(args)))}
+        print_table(f"{args.split} split, mean over categories", tables[key])
+        if args.real:
+            real = real_samples(args.real)
+            if not real:
+                parser.error(f"--real {args.real}: no <category>/test/<defect>/*.png images there")
+            print(f"\n{len(real)} real images from {args.real}")
+            tables["real"] = table(score(model, real, log_every=10))
+            print_table(f"real images ({args.real}), mean over categories", tables["real"])
     if args.json:
         args.json.write_text(json.dumps(tables, indent=2))
-    if tmp is not None:
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

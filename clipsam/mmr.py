@@ -104,6 +104,14 @@ def _component_prompt(
     )
 
 
+def box_mask(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool [H, W] of `shape`: the pixels inside a box (x0, y0, x1, y1), its edges rounded to whole pixels."""
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    inside = np.zeros(shape, bool)
+    inside[y0:y1, x0:x1] = True
+    return inside
+
+
 def cells_in_boxes(boxes: np.ndarray, scale: float, side: int) -> np.ndarray:
     """bool [N, side, side]: for each box (x0, y0, x1, y1) [N, 4], multiplied by `scale` into the
     frame of a side × side grid, the grid cells whose centres lie inside it."""

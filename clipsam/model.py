@@ -142,7 +142,7 @@ class MaskRefiner:
         with autocast(self.sam.device):
             embeddings = dict(zip(prompted, self.sam.embed([images[i] for i in prompted])))
             sam_outputs = {
-                i: self.sam.decode(embeddings[i], prompts[i], self._mask_inputs(embeddings[i], full_maps[i], prompts[i]))
+                i: self.sam.decode(embeddings[i], prompts[i], self.dense_prompts(embeddings[i], full_maps[i], prompts[i]))
                 for i in prompted
             }
         per_image_ms = (time.perf_counter() - start) * 1000.0 / max(1, len(images))
@@ -169,8 +169,8 @@ class MaskRefiner:
             )
         return predictions
 
-    def _mask_inputs(self, embedding: SamEmbedding, rough_map: np.ndarray,
-                     prompts: list[ComponentPrompt]) -> np.ndarray | None:
+    def dense_prompts(self, embedding: SamEmbedding, rough_map: np.ndarray,
+                      prompts: list[ComponentPrompt]) -> np.ndarray | None:
         """The components' dense mask prompts when the profile asks for them (`MMRConfig.mask_prompt`)."""
         if not self.config.mask_prompt:
             return None

@@ -49,7 +49,7 @@ from segment_anything.modeling import Sam
 from .config import MMRConfig
 from .device import FOREACH_STEP
 from .loss_log import WindowedLoss
-from .mmr import cells_in_boxes, extract_prompts, mask_prompt_logits
+from .mmr import box_mask, cells_in_boxes, extract_prompts, mask_prompt_logits
 from .train import LabelledImage
 
 LOG = logging.getLogger(__name__)
@@ -221,13 +221,6 @@ def _loose_box(rows: np.ndarray, cols: np.ndarray, size: int, config: SamTrainCo
     return box.astype(np.float32)
 
 
-def _box_mask(box: np.ndarray, size: int) -> np.ndarray:
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    inside = np.zeros((size, size), bool)
-    inside[y0:y1, x0:x1] = True
-    return inside
-
-
 def rough_like_map(target: np.ndarray, grid: int, low: int, rng: np.random.Generator) -> np.ndarray:
     """float32 [low, low] in [0, 1]: what a rough anomaly map of `target` (bool [S, S]) looks like.
 
@@ -281,14 +274,14 @@ def make_prompts(mask: np.ndarray, count: int, config: SamTrainConfig, rng: np.r
             side = rng.uniform(0.08, 0.4, 2) * size
             corner = rng.uniform(0, 1, 2) * (size - side)
             box = np.array([corner[0], corner[1], corner[0] + side[0], corner[1] + side[1]], np.float32)
-            target = mask & _box_mask(box, size)
+            target = mask & box_mask(box, (size, size))
             centre, radius = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2
             yy, xx = np.mgrid[0:size, 0:size] + 0.5
             prior = ((xx - centre[0]) / radius[0]) ** 2 + ((yy - centre[1]) / radius[1]) ** 2 <= 1
         else:
             rows, cols = np.nonzero(regions == int(rng.integers(1, n_regions + 1)))
             box = _loose_box(rows, cols, size, config, rng)
-            target = mask & _box_mask(box, size)
+            target = mask & box_mask(box, (size, size))
             n_points = int(rng.integers(0, config.max_points + 1))
             picks = rng.integers(len(rows), size=n_points)
             point_xy[:n_points] = np.stack([cols[picks] + 0.5, rows[picks] + 0.5], axis=1)
@@ -333,7 +326,7 @@ def mmr_prompts(mask: np.ndarray, rough_map: np.ndarray, count: int, mmr: MMRCon
         boxes.append(component.box)
         points.append(point_xy)
         labels.append(point_labels)
-        targets.append(mask & _box_mask(component.box, size))
+        targets.append(mask & box_mask(component.box, (size, size)))
         inputs.append(mask_prompt_logits(values, cells_in_boxes(component.box, low / size, low)[0],
                                          mmr.prompt_threshold, mmr.mask_prompt_gain))
     targets_array = np.stack(targets)
@@ -588,7 +581,7 @@ def mmr_prompt_iou(sam: Sam, samples: Sequence[LabelledImage], rough_maps: Seque
         logits, _ = decode(sam, encode(sam, [image]), prompts)
         full = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
         target = torch.as_tensor(prompts.masks)
-        boxes = torch.as_tensor(np.stack([_box_mask(b, size) for b in prompts.boxes]))
+        boxes = torch.as_tensor(np.stack([box_mask(b, (size, size)) for b in prompts.boxes]))
         rough_logits = torch.as_tensor(rough - mmr.prompt_threshold)[None].expand_as(target)
         rough_inside = torch.where(boxes, rough_logits, torch.full_like(rough_logits, -1.0))
         scores["rough"] += mask_iou(rough_inside, target).tolist()

@@ -4,7 +4,7 @@ import torch
 
 from clipsam.backbones import build_sam
 from clipsam.config import MMRConfig
-from clipsam.mmr import extract_prompts, fuse_levels, fuse_with_rough, image_score, level_weights, min_component_area
+from clipsam.mmr import box_mask, extract_prompts, fuse_levels, fuse_with_rough, image_score, level_weights, min_component_area
 from clipsam.model import MaskRefiner, RoughResult
 from clipsam.sam_refiner import SamRefiner
 from model_store.profiles import TINY_SAM_CONFIG
@@ -22,6 +22,18 @@ def test_single_component_exact_box_and_points():
     assert p.points.tolist() == [[12, 7], [13, 7]]
     assert p.labels.tolist() == [1, 1]
     assert p.area == 24
+
+
+def test_box_mask_covers_the_component_box_in_a_non_square_image():
+    m = np.zeros((20, 30), np.float32)
+    m[5:9, 10:16] = 0.6
+    (p,) = extract_prompts(m, CFG)
+    inside = box_mask(p.box, m.shape)
+    assert inside.shape == (20, 30)
+    assert np.array_equal(inside, m > 0)
+    # fractional edges round to the nearest pixel edge
+    assert np.argwhere(box_mask(np.array([1.4, 2.6, 4.5, 5.5]), (8, 8))).tolist() == [
+        [r, c] for r in range(3, 6) for c in range(1, 4)]
 
 
 def test_padding_is_clipped_to_the_image():
