@@ -38,7 +38,7 @@ from clipsam.metrics import CategoryMetricsAccumulator
 from clipsam.mmr import EIGHT_CONNECTED, box_mask, extract_prompts, fuse_with_rough
 from clipsam.model import ClipSAM
 from clipsam.sam_refiner import upsample_map
-from synthetic_accuracy import add_split_arguments, benchmark_model, split_samples
+from synthetic_accuracy import add_split_arguments, benchmark_model, split_samples, table
 
 MAPS = ("rough map", "final map", "final without false alarms", "ground truth in the boxes", "whole defects")
 
@@ -95,17 +95,18 @@ def diagnose(model: ClipSAM, samples: list, log_every: int = 50) -> Headroom:
                 mask_input = model.refiner.dense_prompts(embedding, rough, [prompt])
                 sam_map, scores = sam.decode(embedding, [prompt], mask_input)
                 box = box_mask(prompt.box, mask.shape)
-                true = bool((mask & box).any())
+                target = mask & box
+                true = bool(target.any())
                 report.areas[true].append(int((sam_map >= 0.5).sum()))
                 report.best_scores[true].append(float(scores.max()))
                 if true:
-                    report.in_box["rough map ≥ τ"].add((rough >= config.prompt_threshold) & box, mask & box)
-                    report.in_box["SAM ≥ 0.5"].add((sam_map >= 0.5) & box, mask & box)
-                touched = np.unique(regions[mask & box])
+                    report.in_box["rough map ≥ τ"].add((rough >= config.prompt_threshold) & box, target)
+                    report.in_box["SAM ≥ 0.5"].add((sam_map >= 0.5) & box, target)
+                touched = np.unique(regions[target])
                 candidates = {
                     "final map": sam_map,
                     "final without false alarms": sam_map if true else None,
-                    "ground truth in the boxes": (mask & box).astype(np.float32),
+                    "ground truth in the boxes": target.astype(np.float32),
                     "whole defects": np.isin(regions, touched[touched > 0]).astype(np.float32),
                 }
                 for name, candidate in candidates.items():
@@ -133,11 +134,8 @@ def print_report(report: Headroom, threshold: float) -> None:
         print(f"  {name:<14} {counts.line()}")
     print("\nmean over categories")
     print(f"  {'':<30} {'pixel AP':>9} {'F1-max':>9}")
-    for name, per_category in report.metrics.items():
-        results = [acc.result() for acc in per_category.values()]
-        ap = np.mean([r["pixel_ap"] for r in results if r["pixel_ap"] is not None])
-        f1 = np.mean([r["pixel_f1_max"] for r in results if r["pixel_f1_max"] is not None])
-        print(f"  {name:<30} {ap:9.4f} {f1:9.4f}")
+    for name, values in table(report.metrics).items():
+        print(f"  {name:<30} {values['pixel_ap']:9.4f} {values['pixel_f1_max']:9.4f}")
 
 
 def main() -> None:
