@@ -51,10 +51,12 @@ class MMRConfig:
     max_components: int = 32  # bounds one image's decoder batch; the largest are kept
     add_centroid_point: bool = True
     # Also hand SAM each component's rough map as its dense mask prompt (SAM's `mask_input`),
-    # as logits mask_prompt_gain · (M_clip − τ), background outside the box. Off in the paper's
-    # setting (box + points only); on for a SAM trained with such prompts (the `tiny` profile).
+    # as logits mask_prompt_gain · (logit(M_clip) − logit(τ)), clipped to ±mask_prompt_clamp, and
+    # −mask_prompt_clamp outside the box (`mmr.mask_prompt_logits`). Off in the paper's setting
+    # (box + points only); on for a SAM trained with such prompts (the `tiny` profile).
     mask_prompt: bool = False
-    mask_prompt_gain: float = 8.0
+    mask_prompt_gain: float = 1.0
+    mask_prompt_clamp: float = 12.0
     alpha: float = 0.5  # final = (1 - alpha) * rough + alpha * sam [decision]
     mask_threshold: float | None = None  # None: use prompt_threshold
     image_score: str = "max"  # "max" or "topk"

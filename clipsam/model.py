@@ -174,7 +174,7 @@ class MaskRefiner:
         """The components' dense mask prompts when the profile asks for them (`MMRConfig.mask_prompt`)."""
         if not self.config.mask_prompt:
             return None
-        return self.sam.mask_inputs(embedding, rough_map, prompts, self.config.prompt_threshold, self.config.mask_prompt_gain)
+        return self.sam.mask_inputs(embedding, rough_map, prompts, self.config)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from .config import MMRConfig
 from .device import forward_chunks
 from .mmr import ComponentPrompt, cells_in_boxes, fuse_levels, mask_prompt_logits
 
@@ -70,7 +71,7 @@ class SamRefiner:
 
     @torch.no_grad()
     def mask_inputs(self, embedding: SamEmbedding, rough_map: np.ndarray, prompts: list[ComponentPrompt],
-                    threshold: float, gain: float) -> np.ndarray:
+                    config: MMRConfig) -> np.ndarray:
         """Dense mask prompts, one per component: the rough map (original frame, [H, W] in [0, 1])
         taken to SAM's low-resolution mask frame the way SamPredictor frames an image (resize the
         longest side, pad bottom/right), kept inside the component's box, as logits
@@ -82,7 +83,7 @@ class SamRefiner:
         padded = F.pad(resized, (0, side - embedding.input_size[1], 0, side - embedding.input_size[0]))
         values = F.interpolate(padded, size=(low, low), mode="area")[0, 0].numpy()
         boxes = self.transform.apply_boxes(np.stack([p.box for p in prompts]), embedding.original_size)
-        return mask_prompt_logits(values[None], cells_in_boxes(boxes, low / side, low), threshold, gain)
+        return mask_prompt_logits(values[None], cells_in_boxes(boxes, low / side, low), config)
 
     @torch.no_grad()
     def decode(self, embedding: SamEmbedding, prompts: list[ComponentPrompt],

@@ -30,9 +30,9 @@ class ClipSAMOptions(PipelineOptions):
         add("--profile", default="tiny", help="model profile in the store (default: tiny)")
         add("--layout", default="auto", choices=LAYOUTS, help="input layout; auto detects MVTec-AD, VisA, tar shards or plain images")
         add("--category", default=None, help="category of every image when the layout does not say (default: from the layout, else 'object')")
-        add("--mask_threshold", type=float, default=None, help="final-map threshold of the defect mask (default: the profile's, 0.5)")
-        add("--prompt_threshold", type=float, default=None, help="rough-map threshold for SAM prompts (default: the profile's, 0.5)")
-        add("--alpha", type=float, default=None, help="weight of SAM in the final map (default: the profile's, 0.5)")
+        add("--mask_threshold", type=float, default=None, help="final-map threshold of the defect mask (default: the profile's τ; 0.5, tiny 0.1)")
+        add("--prompt_threshold", type=float, default=None, help="rough-map threshold τ for SAM prompts (default: the profile's; 0.5, tiny 0.1)")
+        add("--alpha", type=float, default=None, help="weight of SAM in the final map (default: the profile's; 0.5, tiny 0.3)")
         add("--batch_size", type=int, default=8, help="maximum images per model batch (default 8)")
         add("--store_maps", action="store_true", default=False, help="keep the final anomaly map as a PNG (<= 256 px) in each record")
         add("--eval", dest="evaluate", default="auto", choices=("auto", "on", "off"),

@@ -4,7 +4,8 @@ import torch
 
 from clipsam.backbones import build_sam
 from clipsam.config import MMRConfig
-from clipsam.mmr import box_mask, extract_prompts, fuse_levels, fuse_with_rough, image_score, level_weights, min_component_area
+from clipsam.mmr import (box_mask, extract_prompts, fuse_levels, fuse_with_rough, image_score, level_weights,
+                         mask_prompt_logits, min_component_area)
 from clipsam.model import MaskRefiner, RoughResult
 from clipsam.sam_refiner import SamRefiner
 from model_store.profiles import TINY_SAM_CONFIG
@@ -154,15 +155,16 @@ def test_decode_requires_prompts(tiny_sam):
 
 
 def test_mask_prompt_is_the_rough_map_inside_the_box(tiny_sam):
-    """SAM's dense prompt per component: gain · (M − τ) inside the component's box, gain · (0 − τ)
-    ("surely normal") elsewhere, in SamPredictor's frame (longest side resized, bottom padded)."""
+    """SAM's dense prompt per component: gain · (logit(M) − logit(τ)) inside the component's box,
+    −clamp ("surely normal") elsewhere, in SamPredictor's frame (longest side resized, bottom padded)."""
     refiner = SamRefiner(tiny_sam)
     rough = np.zeros((96, 192), np.float32)
     rough[24:60, 96:180] = 0.8
     rough[70:90, 10:40] = 0.9  # a second component: its values must not leak into the first's prompt
-    prompts = extract_prompts(rough, MMRConfig(box_padding=0))
+    config = MMRConfig(box_padding=0, prompt_threshold=0.5, mask_prompt_gain=2.0, mask_prompt_clamp=10.0)
+    prompts = extract_prompts(rough, config)
     (embedding,) = refiner.embed([np.zeros((96, 192, 3), np.uint8)])
-    logits = refiner.mask_inputs(embedding, rough, prompts, threshold=0.5, gain=8.0)
+    logits = refiner.mask_inputs(embedding, rough, prompts, config)
     side = tiny_sam.prompt_encoder.mask_input_size[0]
     assert logits.shape == (2, side, side)
     scale = side / 192  # the image's long side spans the whole low-resolution frame
@@ -171,10 +173,23 @@ def test_mask_prompt_is_the_rough_map_inside_the_box(tiny_sam):
     in_box = np.zeros((side, side), bool)
     in_box[int(24 * scale) : int(60 * scale), int(96 * scale) : int(180 * scale)] = True
     assert in_box.sum() == 12 * 28
-    np.testing.assert_array_equal(logits[first][~in_box], 8.0 * (0.0 - 0.5))
+    np.testing.assert_array_equal(logits[first][~in_box], -10.0)
     interior = logits[first][9:19, 33:59]  # away from the resampled edge of the 0.8 plateau
-    np.testing.assert_allclose(interior, 8.0 * (0.8 - 0.5), atol=1e-5)
-    assert np.all(logits[first][in_box] >= 8.0 * (0.0 - 0.5)) and np.all(logits[first][in_box] <= 8.0 * (0.8 - 0.5) + 1e-5)
+    np.testing.assert_allclose(interior, 2.0 * np.log(0.8 / 0.2), atol=1e-5)  # logit(0.5) = 0
+    # At the box edge the cells mix plateau and 0; 0 is clamped.
+    assert np.all(logits[first][in_box] >= -10.0) and np.all(logits[first][in_box] <= 2.0 * np.log(4.0) + 1e-5)
+
+
+def test_mask_prompt_keeps_small_rough_values_apart():
+    """Rough-map values far below τ, which is where an unsure UMCI ranks defects above the
+    surface, stay distinct in the prompt; values at τ give 0 and the clamp bounds the rest."""
+    config = MMRConfig(prompt_threshold=0.1, mask_prompt_gain=1.0, mask_prompt_clamp=12.0)
+    values = np.array([1e-9, 1e-5, 1e-3, 0.1, 0.999999], np.float32)
+    got = mask_prompt_logits(values, np.ones(5, bool), config)
+    assert got[0] == -12.0 and got[4] == 12.0 and abs(got[3]) < 1e-5
+    assert got[0] < got[1] < got[2] < got[3]
+    np.testing.assert_allclose(got[2], np.log(1e-3 / (1 - 1e-3)) - np.log(0.1 / 0.9), rtol=1e-5)
+    assert np.all(mask_prompt_logits(values, np.zeros(5, bool), config) == -12.0)
 
 
 def test_mask_prompt_reaches_the_decoder(tiny_sam):

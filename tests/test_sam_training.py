@@ -42,7 +42,7 @@ def test_mmr_prompts_are_what_mmr_sends() -> None:
     inside[(centres >= y0) & (centres < y1)] = True
     inside[:, ~((centres >= x0) & (centres < x1))] = False
     np.testing.assert_allclose(prompts.mask_inputs[order[1]],
-                               mask_prompt_logits(values, inside, mmr.prompt_threshold, mmr.mask_prompt_gain))
+                               mask_prompt_logits(values, inside, mmr))
     assert mmr_prompts(mask, np.zeros_like(rough), 10, mmr, 16, 2, np.random.default_rng(0)) is None
 
 
