@@ -361,7 +361,8 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def tversky_loss(prob: torch.Tensor, target: torch.Tensor, miss_weight: float) -> torch.Tensor:
     """Per-mask overlap loss 1 − (TP + 1) / (TP + (1 − w)·FP + w·FN + 1) with w = `miss_weight`
-    (0.5: `soft_dice_loss`); an empty target asks for an empty mask. [..., H, W] → [...]."""
+    (0.5: dice, `soft_dice_loss` up to its smoothing); an empty target asks for an empty mask.
+    [..., H, W] → [...]."""
     tp = (prob * target).flatten(-2).sum(-1)
     fp = (prob * (1 - target)).flatten(-2).sum(-1)
     fn = ((1 - prob) * target).flatten(-2).sum(-1)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from clipsam.backbones import build_sam
 from clipsam.config import MMRConfig
 from clipsam.mmr import extract_prompts, mask_prompt_logits
-from clipsam.sam_training import SamTrainConfig, mmr_prompt_iou, mmr_prompts, pretrain_encoder, train_sam
+from clipsam.sam_training import (SamTrainConfig, mmr_prompt_iou, mmr_prompts, pretrain_encoder, soft_dice_loss, train_sam,
+                                  tversky_loss)
 from clipsam.synthetic import generate_image
 from model_store.profiles import TINY_SAM_CONFIG
 from model_store.tiny import made_up_categories
@@ -105,3 +106,18 @@ def test_trained_tiny_sam_reads_the_image(tiny_model, unseen_defects_and_maps) -
     sam, mmr = tiny_model.refiner.sam.sam, tiny_model.refiner.config
     real, blind = mmr_prompt_iou(sam, samples, maps, mmr), mmr_prompt_iou(sam, grey, maps, mmr)
     assert real["sam"] > blind["sam"] + 0.02, (real, blind)
+
+
+def test_tversky_loss_weighs_missed_pixels_by_miss_weight() -> None:
+    target = torch.zeros(1, 8, 8)
+    target[0, :4] = 1.0  # 32 defect pixels
+    miss = target.clone()
+    miss[0, 3] = 0.0  # 8 of them missed
+    spill = target.clone()
+    spill[0, 4] = 1.0  # 8 normal pixels more
+    assert tversky_loss(miss, target, 0.75) > tversky_loss(spill, target, 0.75)
+    assert tversky_loss(miss, target, 0.25) < tversky_loss(spill, target, 0.25)
+    assert tversky_loss(target, target, 0.75).item() == pytest.approx(0.0)
+    assert tversky_loss(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8), 0.75).item() == pytest.approx(0.0)
+    for mask in (miss, spill):  # w = 0.5 is dice up to the smoothing
+        assert tversky_loss(mask, target, 0.5).item() == pytest.approx(soft_dice_loss(mask, target).item(), abs=0.01)
