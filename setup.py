@@ -38,7 +38,7 @@ setup(
     version="0.1.0",
     description="Zero-shot industrial anomaly segmentation (ClipSAM: CLIP + SAM) as an Apache Beam batch pipeline",
     python_requires=">=3.10",
-    packages=find_packages(include=["clipsam*", "model_store*", "transforms*", "pipeline*"]),
+    packages=find_packages(include=["clipsam*", "inputs*", "model_store*", "tiny*", "transforms*", "pipeline*"]),
     include_package_data=True,
     install_requires=RUNTIME,
     extras_require=EXTRAS,

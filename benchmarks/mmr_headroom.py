@@ -37,7 +37,7 @@ from scipy import ndimage
 from clipsam.metrics import CategoryMetricsAccumulator
 from clipsam.mmr import EIGHT_CONNECTED, box_mask, extract_prompts, fuse_with_rough
 from clipsam.model import ClipSAM
-from clipsam.sam_refiner import upsample_map
+from clipsam.stage1 import upsample_map
 from synthetic_accuracy import add_split_arguments, benchmark_model, split_samples, table
 
 MAPS = ("rough map", "final map", "final without false alarms", "ground truth in the boxes", "whole defects")
@@ -80,20 +80,19 @@ class Headroom:
 
 @torch.inference_mode()
 def diagnose(model: ClipSAM, samples: list, log_every: int = 50) -> Headroom:
-    config, sam = model.refiner.config, model.refiner.sam
+    config, sam = model.stage2.config, model.stage2.sam
     report = Headroom()
     start = time.perf_counter()
     for n, sample in enumerate(samples, start=1):
         mask = np.asarray(sample.mask, bool)
-        rough = upsample_map(model.rough_mapper([sample.image], [sample.category])[0].rough_map, mask.shape)
+        rough = upsample_map(model.stage1([sample.image], [sample.category])[0].rough_map, mask.shape)
         prompts = extract_prompts(rough, config)
         unions = {name: np.zeros_like(rough) for name in MAPS[1:]}
         if prompts:
             embedding = sam.embed([sample.image])[0]
             regions, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
             for prompt in prompts:
-                mask_input = model.refiner.dense_prompts(embedding, rough, [prompt])
-                sam_map, scores = sam.decode(embedding, [prompt], mask_input)
+                sam_map, scores = model.stage2.sam_map(embedding, rough, [prompt])
                 box = box_mask(prompt.box, mask.shape)
                 target = mask & box
                 true = bool(target.any())
@@ -144,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     with benchmark_model(args) as model:
         report = diagnose(model, split_samples(args))
-        print_report(report, model.refiner.config.prompt_threshold)
+        print_report(report, model.stage2.config.prompt_threshold)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from clipsam.synthetic import TEST_CATEGORIES, generate_image
-from model_store.loading import load_refiner, load_rough_mapper
+from tiny.synthetic import TEST_CATEGORIES, generate_image
+from model_store.loading import load_stage1, load_stage2
 
 
 def timed(fn, *args):
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     store = args.store
     if store is None:
-        from model_store.tiny import make_tiny
+        from tiny.build import make_tiny
 
         store = tempfile.mkdtemp(prefix="clipsam-bench-")
         make_tiny(store)
@@ -45,9 +45,9 @@ def main() -> None:
     ]
     images = [s.image for s in samples]
     categories = [s.category for s in samples]
-    mapper = load_rough_mapper(store, args.profile, args.device)
-    refiner = load_refiner(store, args.profile, args.device)
-    forced = load_refiner(store, args.profile, args.device, overrides={"mmr": {"prompt_threshold": 0.0}})
+    mapper, _ = load_stage1(store, args.profile, args.device)
+    refiner, _ = load_stage2(store, args.profile, args.device)
+    forced, _ = load_stage2(store, args.profile, args.device, overrides={"mmr": {"prompt_threshold": 0.0}})
     mapper(images[:2], categories[:2])  # warm-up: text matrices, allocator
 
     rough, t1 = [], 0.0

@@ -2,7 +2,7 @@
 
     python benchmarks/synthetic_accuracy.py [--store DIR] [--split test] [--normal 8] [--anomalous 16] [--real DIR]
 
-Scores seeded synthetic images of the held-out categories (`clipsam.synthetic.TEST_CATEGORIES`:
+Scores seeded synthetic images of the held-out categories (`tiny.synthetic.TEST_CATEGORIES`:
 no training step of the tiny profile saw them or, for two of them, their kind) three ways and
 prints the mean over categories of pixel AUROC / AP / F1-max / AU-PRO and image AUROC:
 
@@ -12,7 +12,7 @@ prints the mean over categories of pixel AUROC / AP / F1-max / AU-PRO and image 
   (b) UMCI: the rough map M_clip of stage 1;
   (c) UMCI + MMR: the final map after SAM refinement (stage 2), i.e. what the pipeline writes.
 
---split validation scores 32 made-up categories instead (`model_store.tiny.validation_categories`:
+--split validation scores 32 made-up categories instead (`tiny.build.validation_categories`:
 no step of the build saw them either). Choose settings such as τ or α there; the test split only
 reports, so its numbers are not tuned to.
 
@@ -37,9 +37,11 @@ import torch.nn.functional as F
 
 from clipsam.metrics import CategoryMetricsAccumulator
 from clipsam.model import ClipSAM
-from clipsam.synthetic import TEST_CATEGORIES, generate_image
+from tiny.synthetic import TEST_CATEGORIES, generate_image
 from clipsam.clip_features import ClipFeatureTap, preprocess_images
-from model_store.tiny import make_tiny, validation_categories
+from model_store import load_clipsam
+from tiny.build import make_tiny
+from tiny.recipe import validation_categories
 
 ROWS = ("plain CLIP", "UMCI", "UMCI + MMR")
 COLUMNS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro", "image_auroc")
@@ -48,7 +50,7 @@ COLUMNS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro", "image_auro
 @torch.inference_mode()
 def plain_clip_map(model: ClipSAM, image: np.ndarray, category: str) -> np.ndarray:
     """Baseline (a): softmax(s · proj(ln_post(x_last)) · Tᵀ)[abnormal], upsampled to the image."""
-    mapper = model.rough_mapper
+    mapper = model.stage1
     visual = mapper.clip.visual
     batch = preprocess_images([image], mapper.config.clip).to(mapper.device)
     last = len(visual.transformer.resblocks)
@@ -153,13 +155,13 @@ def benchmark_model(args: argparse.Namespace) -> Iterator[ClipSAM]:
     """The profile of --store; without it, the trained tiny profile, built (or taken from its cache)
     into a temporary store that is removed afterwards."""
     if args.store is not None:
-        yield ClipSAM.from_store(args.store, args.profile)
+        yield load_clipsam(args.store, args.profile)[0]
         return
     with tempfile.TemporaryDirectory() as store:
         start = time.perf_counter()
         make_tiny(store)
         print(f"tiny profile ready in {time.perf_counter() - start:.0f} s")
-        yield ClipSAM.from_store(store, args.profile)
+        yield load_clipsam(store, args.profile)[0]
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """MMR, the arithmetic half: prompts from the rough map, and fusion of SAM's mask levels (DESIGN §4.3).
 
 Everything here works on numpy arrays in the original image frame, so it is testable on
-hand-made maps. The SAM calls themselves live in `sam_refiner.py`.
+hand-made maps. SAM itself is called through `sam_adapter.SamAdapter`; `stage2.MMRRefiner`
+calls prompts → SAM → fusion in that order.
 
 Coordinate conventions (same as segment_anything's SamPredictor):
 - a point is (x, y) = (column, row) of a pixel;
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -104,6 +106,20 @@ def _component_prompt(
     )
 
 
+def pack_prompts(prompts: list[ComponentPrompt]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Components' prompts as SAM's decoder takes them, for one batched call:
+    boxes float32 [N, 4], points float32 [N, P, 2], labels int64 [N, P]. Components with fewer
+    points are padded with label −1, which SAM's prompt encoder treats as "not a point"."""
+    most = max(len(p.points) for p in prompts)
+    coords = np.zeros((len(prompts), most, 2), dtype=np.float32)
+    labels = np.full((len(prompts), most), -1, dtype=np.int64)
+    for i, prompt in enumerate(prompts):
+        coords[i, : len(prompt.points)] = prompt.points
+        labels[i, : len(prompt.labels)] = prompt.labels
+    boxes = np.stack([p.box for p in prompts]).astype(np.float32)
+    return boxes, coords, labels
+
+
 def box_mask(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """bool [H, W] of `shape`: the pixels inside a box (x0, y0, x1, y1), its edges rounded to whole pixels."""
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
@@ -155,6 +171,18 @@ def fuse_levels(level_probs: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """
     weights = level_weights(scores).astype(np.float32)
     return np.einsum("nk,nkhw->nhw", weights, level_probs.astype(np.float32, copy=False))
+
+
+def union_of_components(levels: Iterable[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]) -> np.ndarray:
+    """M_sam: the pixel-wise max over components of each component's `fuse_levels`.
+
+    levels: groups of (level_probs [n, K, H, W], scores [n, K]) covering all components
+    (`SamAdapter.level_probabilities`); shape: (H, W). Returns float32 [H, W] in [0, 1].
+    """
+    sam_map = np.zeros(shape, dtype=np.float32)
+    for probs, scores in levels:
+        np.maximum(sam_map, fuse_levels(probs, scores).max(axis=0), out=sam_map)
+    return sam_map
 
 
 def fuse_with_rough(rough_map: np.ndarray, sam_map: np.ndarray | None, alpha: float) -> np.ndarray:

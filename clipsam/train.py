@@ -29,10 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import save_state
 from .clip_features import ClipFeatureTap, preprocess_images
 from .config import ClipTapConfig
 from .device import FOREACH_STEP, autocast
-from .model import RoughMapper
+from .stage1 import RoughMapper
 
 LOG = logging.getLogger(__name__)
 CHECKPOINT_NAME = "umci_last.pt"
@@ -322,11 +323,8 @@ class UMCITrainer:
         }
 
     def save_checkpoint(self, path: Path) -> None:
-        """Atomic write (temporary file + rename): a crash never leaves a half checkpoint."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        """Atomic write: a crash never leaves a half checkpoint."""
+        save_state(self.state(), path)
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,13 @@
+"""Model storage: profiles, manifests, the fsspec store, the verified local cache, staging and loading.
+
+>>> from model_store import load_clipsam
+>>> model, manifest = load_clipsam("/path/to/store", "tiny")
+"""
+from .errors import ModelStoreError
+from .loading import load_clipsam, load_stage1, load_stage2
+from .manifest import FileEntry, Manifest
+from .profiles import PROFILES, Profile, get_profile
+from .store import ModelStore
+
+__all__ = ["FileEntry", "Manifest", "ModelStore", "ModelStoreError", "PROFILES", "Profile", "get_profile",
+           "load_clipsam", "load_stage1", "load_stage2"]

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "make-tiny":
-            from .tiny import make_tiny
+            from tiny.build import make_tiny
 
             manifest = make_tiny(args.out, seed=args.seed, trained=not args.untrained, use_cache=not args.no_cache)
             print(f"tiny profile written to {args.out.rstrip('/')}/tiny ({sum(f.size for f in manifest.files.values()) / 1e6:.1f} MB)")
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "verify":
             from .loading import load_clipsam
 
-            model = load_clipsam(args.store, args.profile, device="cpu")
-            print(json.dumps({"profile": args.profile, "store": args.store, "digests": model.digests}, indent=2))
+            _, manifest = load_clipsam(args.store, args.profile, device="cpu")
+            print(json.dumps({"profile": args.profile, "store": args.store, "digests": manifest.digests()}, indent=2))
         else:
             for name, profile in sorted(PROFILES.items()):
                 print(f"{name:22s} {profile.description}")

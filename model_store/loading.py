@@ -1,5 +1,9 @@
 """Turning a store's files into modules: manifest → configs → open_clip / SAM / UMCI + weights.
 
+Every loader returns the model together with the manifest it was built from (digests, profile,
+provenance), so the caller can record where its results came from; `clipsam` itself knows
+nothing of stores.
+
 Weights are read with `torch.load(..., weights_only=True)`: a model store is remote data, and
 unpickling arbitrary objects from it would be code execution. Each stage loads only what it
 needs (stage 1 never loads SAM, stage 2 never loads CLIP).
@@ -15,7 +19,9 @@ from torch import nn
 
 from clipsam.backbones import build_clip, build_sam, clip_tokenizer
 from clipsam.config import ClipSAMConfig
-from clipsam.model import ClipSAM, MaskRefiner, RoughMapper
+from clipsam.model import ClipSAM
+from clipsam.stage1 import RoughMapper
+from clipsam.stage2 import MMRRefiner
 from clipsam.umci import UMCI
 
 from .errors import CorruptCheckpointError
@@ -53,40 +59,40 @@ def load_weights(module: nn.Module, store: ModelStore, manifest: Manifest, role:
     return module
 
 
-def open_profile(url: str, profile: str) -> tuple[ModelStore, Manifest, ClipSAMConfig]:
+def open_profile(url: str, profile: str, overrides: dict[str, Any] | None = None
+                 ) -> tuple[ModelStore, Manifest, ClipSAMConfig]:
+    """The store at `url`, the profile's manifest, and its method config with `overrides`
+    ({section: {field: value}}, see `ClipSAMConfig.replace`) applied."""
     store = ModelStore(url)
     manifest = store.read_manifest(profile)
-    return store, manifest, ClipSAMConfig.from_dict(manifest.clipsam_config)
+    config = ClipSAMConfig.from_dict(manifest.clipsam_config)
+    return store, manifest, config.replace(**overrides) if overrides else config
 
 
-def load_rough_mapper(url: str, profile: str, device: str | None = None, *, overrides: dict[str, Any] | None = None) -> RoughMapper:
-    """Stage 1 (CLIP + UMCI) of a profile, weights verified and loaded."""
-    store, manifest, config = open_profile(url, profile)
-    if overrides:
-        config = config.replace(**overrides)
+def load_stage1(url: str, profile: str, device: str | None = None, *, overrides: dict[str, Any] | None = None
+                ) -> tuple[RoughMapper, Manifest]:
+    """Stage 1 (CLIP + UMCI) of a profile, weights verified and loaded, and its manifest."""
+    store, manifest, config = open_profile(url, profile, overrides)
     device = device or default_device()
     clip = load_weights(build_clip(manifest.clip_config), store, manifest, "clip")
     umci = load_weights(UMCI(config.umci), store, manifest, "umci")
     LOG.info("loaded stage 1 of profile %s from %s on %s", profile, url, device)
-    return RoughMapper(clip, clip_tokenizer(manifest.clip_config), umci, config, device=device)
+    return RoughMapper(clip, clip_tokenizer(manifest.clip_config), umci, config, device=device), manifest
 
 
-def load_refiner(url: str, profile: str, device: str | None = None, *, overrides: dict[str, Any] | None = None) -> MaskRefiner:
-    """Stage 2 (SAM + MMR) of a profile, weights verified and loaded."""
-    store, manifest, config = open_profile(url, profile)
-    if overrides:
-        config = config.replace(**overrides)
+def load_stage2(url: str, profile: str, device: str | None = None, *, overrides: dict[str, Any] | None = None
+                ) -> tuple[MMRRefiner, Manifest]:
+    """Stage 2 (SAM + MMR) of a profile, weights verified and loaded, and its manifest."""
+    store, manifest, config = open_profile(url, profile, overrides)
+    device = device or default_device()
     sam = load_weights(build_sam(manifest.sam_config), store, manifest, "sam")
-    LOG.info("loaded stage 2 of profile %s from %s on %s", profile, url, device or default_device())
-    return MaskRefiner(sam, config.mmr, device=device or default_device())
+    LOG.info("loaded stage 2 of profile %s from %s on %s", profile, url, device)
+    return MMRRefiner(sam, config.mmr, device=device), manifest
 
 
-def load_clipsam(url: str, profile: str, device: str | None = None, *, overrides: dict[str, Any] | None = None) -> ClipSAM:
-    """Both stages: what `ClipSAM.from_store` returns."""
-    manifest = ModelStore(url).read_manifest(profile)
-    return ClipSAM(
-        rough_mapper=load_rough_mapper(url, profile, device, overrides=overrides),
-        refiner=load_refiner(url, profile, device, overrides=overrides),
-        digests=manifest.digests(),
-        profile=profile,
-    )
+def load_clipsam(url: str, profile: str = "tiny", device: str | None = None, *,
+                 overrides: dict[str, Any] | None = None) -> tuple[ClipSAM, Manifest]:
+    """Both stages of a profile, and its manifest: `model, manifest = load_clipsam(url, "tiny")`."""
+    stage1, manifest = load_stage1(url, profile, device, overrides=overrides)
+    stage2, _ = load_stage2(url, profile, device, overrides=overrides)
+    return ClipSAM(stage1, stage2), manifest

@@ -19,6 +19,7 @@ import fsspec
 from torch import nn
 
 from clipsam.backbones import build_clip, build_sam
+from clipsam.checkpoint import save_state
 from clipsam.umci import UMCI
 
 from .errors import ChecksumMismatchError, ManifestNotFoundError, StageError
@@ -26,7 +27,6 @@ from .loading import read_state_dict
 from .manifest import Manifest
 from .profiles import Profile, get_profile
 from .store import CHUNK, ModelStore
-from .tiny import save_state
 
 LOG = logging.getLogger(__name__)
 NO_NETWORK_HINT = (

@@ -23,7 +23,8 @@ import torch
 
 from clipsam.backbones import build_clip, clip_tokenizer
 from clipsam.config import ClipSAMConfig
-from clipsam.model import RoughMapper
+from clipsam.checkpoint import save_state
+from clipsam.stage1 import RoughMapper
 from clipsam.umci import UMCI
 
 from .errors import MissingWeightFileError
@@ -67,10 +68,9 @@ def require_umci(manifest: Manifest, store_url: str) -> None:
 
 def save_umci(umci: torch.nn.Module, directory: Path) -> Path:
     """Save UMCI as a plain state dict of contiguous CPU tensors named after its sha256."""
-    tmp = directory / "umci.pt.tmp"
-    torch.save({k: v.detach().cpu().contiguous() for k, v in umci.state_dict().items()}, tmp)
-    path = directory / f"umci_{sha256_file(tmp)[:16]}.pt"
-    os.replace(tmp, path)
+    saved = save_state(umci, directory / "umci.pt")
+    path = directory / f"umci_{sha256_file(saved)[:16]}.pt"
+    os.replace(saved, path)
     return path
 
 

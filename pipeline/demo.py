@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from clipsam.synthetic import TEST_CATEGORIES
+from tiny.synthetic import TEST_CATEGORIES
 
 from .logs import show_progress
 from .make_synthetic import write_synthetic_dataset
@@ -44,7 +44,7 @@ def prepare_store(store: Path) -> Path:
     of the seed, recipe and training sources, so an unchanged checkout only copies the cached
     build, while a checkout whose recipe changed retrains (and says so) instead of running
     stale weights."""
-    from model_store.tiny import make_tiny
+    from tiny.build import make_tiny
 
     make_tiny(str(store))
     return store

@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 
 from clipsam.metrics import DEFAULT_BINS, CategoryMetricsAccumulator
 from model_store.store import join_url
-from transforms.decode import DecodeError, decode_mask
+from inputs.decode import DecodeError, decode_mask
 from transforms.evaluate import write_metrics
-from transforms.layouts import InputUnit
+from inputs.elements import known_ground_truth
+from inputs.layouts import InputUnit
 from transforms.records import read_map_png
 
 from .logs import show_progress
@@ -51,9 +52,10 @@ def score_map(record: dict) -> np.ndarray:
     return read_map_png(record["anomaly_map_png"], (record["width"], record["height"]))
 
 
-def ground_truth(unit: InputUnit, shape: tuple[int, int]) -> np.ndarray:
+def ground_truth(unit: InputUnit, shape: tuple[int, int]) -> np.ndarray | None:
+    """bool [H, W] = `shape`: the unit's mask file, decoded; all-False for a normal unit (label 0)."""
     if unit.mask_uri is None:
-        return np.zeros(shape, dtype=bool)
+        return known_ground_truth(None, unit.label, shape)
     with fsspec.open(unit.mask_uri, "rb") as handle:
         return decode_mask(handle.read(), unit.mask_uri, shape)
 

@@ -21,7 +21,7 @@ from transforms.evaluate import EvaluatePerCategory, eval_items
 from transforms.read import FAILURES, IMAGES, ReadImages
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
 from transforms.routing import split_failures
-from transforms.stages import CountResults, ModelSpec, RefineHandler, RoughMapHandler
+from transforms.stages import CountResults, ModelSpec, Scored, Stage1Handler, Stage2Handler, Stage2Input
 from transforms.write import WriteParquetShards, WriteSuccessMarker
 
 LOG = logging.getLogger(__name__)
@@ -63,14 +63,14 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -
 
     stage1, stage1_failures = split_failures(
         images
-        | "Stage1_CLIP_UMCI" >> RunInference(RoughMapHandler(settings.spec, **_handler_kwargs(settings)))
-        | "CountStage1" >> beam.ParDo(CountResults("stage1")),
+        | "Stage1_CLIP_UMCI" >> RunInference(Stage1Handler(settings.spec, **_handler_kwargs(settings)))
+        | "CountStage1" >> beam.ParDo(CountResults("stage1", Stage2Input)),
         "Stage1",
     )
     stage2, stage2_failures = split_failures(
         stage1
-        | "Stage2_SAM_MMR" >> RunInference(RefineHandler(settings.spec, **_handler_kwargs(settings)))
-        | "CountStage2" >> beam.ParDo(CountResults("stage2")),
+        | "Stage2_SAM_MMR" >> RunInference(Stage2Handler(settings.spec, **_handler_kwargs(settings)))
+        | "CountStage2" >> beam.ParDo(CountResults("stage2", Scored)),
         "Stage2",
     )
     records = stage2 | "ToRecord" >> beam.ParDo(

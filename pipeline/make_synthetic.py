@@ -3,7 +3,7 @@
     python -m pipeline.make_synthetic --out ./synthetic --split train
     python -m pipeline.make_synthetic --out gs://bucket/synthetic --categories washer,my_part
 
-The images come from :mod:`clipsam.synthetic`; this module only adds file-system I/O, so
+The images come from :mod:`tiny.synthetic`; this module only adds file-system I/O, so
 the science package stays free of fsspec (DESIGN §2). Used to train the tiny demo model on
 the training categories and to feed the pipeline's tests and demos with test categories.
 """
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import fsspec
 
-from clipsam.synthetic import categories_for_split, get_category, mvtec_layout
+from tiny.synthetic import categories_for_split, get_category, mvtec_layout
 
 
 def write_synthetic_dataset(out_url: str, categories: Sequence[str], *, seed: int = 0,

@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from model_store.errors import ModelStoreError
 from model_store.store import ModelStore, join_url
-from transforms.layouts import KIND_IMAGE, list_inputs
+from inputs.layouts import KIND_IMAGE, list_inputs
 from transforms.progress import NAMESPACE
 from transforms.stages import ModelSpec
 

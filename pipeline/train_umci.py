@@ -38,8 +38,8 @@ from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
 from model_store.store import ModelStore, sha256_file
 from model_store.training import INITS, base_summary, publish_trained_umci, require_umci, training_mapper
-from transforms.layouts import InputUnit
-from transforms.training_data import DatasetListing, TrainingData, limit_per_category, list_dataset, read_training_images
+from inputs.layouts import InputUnit
+from inputs.training_data import DatasetListing, TrainingData, limit_per_category, list_dataset, read_training_images
 
 from .logs import show_progress
 

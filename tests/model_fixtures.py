@@ -30,7 +30,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, isolated_weight_cache: 
     prebuilt = os.environ.get("CLIPSAM_TINY_STORE")
     if prebuilt and Path(prebuilt, "tiny", "manifest.json").exists():
         return prebuilt
-    from model_store.tiny import make_tiny
+    from tiny.build import make_tiny
 
     root = tmp_path_factory.mktemp("tiny-store")
     make_tiny(str(root), build_cache=USER_BUILD_CACHE)
@@ -40,6 +40,6 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, isolated_weight_cache: 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_store: str):
     """ClipSAM loaded from the tiny profile on the CPU."""
-    from clipsam.model import ClipSAM
+    from model_store import load_clipsam
 
-    return ClipSAM.from_store(tiny_store, "tiny", device="cpu")
+    return load_clipsam(tiny_store, "tiny", device="cpu")[0]

@@ -1,11 +1,11 @@
-"""The notebook API on a real MVTec image: ClipSAM.from_store(...).predict(image, category)."""
+"""The notebook API on a real MVTec image: load_clipsam(...) then model.predict(image, category)."""
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from clipsam.model import ClipSAM
+from model_store import load_clipsam
 from clipsam.rle import decode_mask, encode_mask
 
 REAL = "tests/data/real/mvtec_ad/bottle/test/broken_large/000.png"
@@ -13,7 +13,7 @@ REAL = "tests/data/real/mvtec_ad/bottle/test/broken_large/000.png"
 
 def test_predict_on_a_real_image(tiny_store):
     image = np.asarray(Image.open(REAL).convert("RGB"))
-    model = ClipSAM.from_store(tiny_store, "tiny", device="cpu")
+    model, manifest = load_clipsam(tiny_store, "tiny", device="cpu")
     start = time.perf_counter()
     pred = model.predict(image, "bottle")
     elapsed = time.perf_counter() - start
@@ -32,7 +32,7 @@ def test_predict_on_a_real_image(tiny_store):
     if pred.prompts:
         assert (pred.boxes[:, 2] <= w).all() and (pred.boxes[:, 3] <= h).all()
     assert np.array_equal(decode_mask(encode_mask(pred.mask)), pred.mask)
-    assert model.digests.keys() == {"clip", "sam", "umci"}
+    assert manifest.digests().keys() == {"clip", "sam", "umci"}
 
 
 def test_predict_rejects_non_rgb(tiny_model):

@@ -1,4 +1,4 @@
-"""transforms.decode: every bad input gets its specific error_type, every unusual one its
+"""inputs.decode: every bad input gets its specific error_type, every unusual one its
 documented conversion (DESIGN §8)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import BrokenInputs, png_header_only
-from transforms.decode import (
+from inputs.decode import (
     DEFAULT_PIXEL_LIMIT,
     DecodeError,
     decode_image,

@@ -6,8 +6,9 @@ from clipsam.backbones import build_sam
 from clipsam.config import MMRConfig
 from clipsam.mmr import (box_mask, extract_prompts, fuse_levels, fuse_with_rough, image_score, level_weights,
                          mask_prompt_logits, min_component_area)
-from clipsam.model import MaskRefiner, RoughResult
-from clipsam.sam_refiner import SamRefiner
+from clipsam.sam_adapter import SamAdapter
+from clipsam.stage1 import RoughResult
+from clipsam.stage2 import MMRRefiner
 from model_store.profiles import TINY_SAM_CONFIG
 
 CFG = MMRConfig(prompt_threshold=0.5, min_area_fraction=0.0, box_padding=0)
@@ -118,7 +119,7 @@ def _rough(map_):
 
 
 def test_sam_skipped_when_no_component(tiny_sam):
-    refiner = MaskRefiner(tiny_sam, MMRConfig())
+    refiner = MMRRefiner(tiny_sam, MMRConfig())
     images = [np.zeros((120, 90, 3), np.uint8) for _ in range(3)]
     preds = refiner(images, [_rough(np.full((32, 32), 0.3)) for _ in images])
     assert refiner.sam.encoder_images == 0 and refiner.sam.decoder_calls == 0
@@ -130,7 +131,7 @@ def test_sam_skipped_when_no_component(tiny_sam):
 
 
 def test_sam_runs_only_for_prompted_images_one_decoder_call_each(tiny_sam):
-    refiner = MaskRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0))
+    refiner = MMRRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0))
     spots = np.zeros((32, 32))
     spots[4:8, 4:8] = spots[20:26, 18:30] = 0.9  # two components in one image
     images = [np.full((64, 80, 3), 128, np.uint8) for _ in range(4)]
@@ -148,23 +149,23 @@ def test_sam_runs_only_for_prompted_images_one_decoder_call_each(tiny_sam):
 
 
 def test_decode_requires_prompts(tiny_sam):
-    refiner = SamRefiner(tiny_sam)
-    (emb,) = refiner.embed([np.zeros((40, 40, 3), np.uint8)])
+    sam = SamAdapter(tiny_sam)
+    (emb,) = sam.embed([np.zeros((40, 40, 3), np.uint8)])
     with pytest.raises(ValueError, match="at least one prompt"):
-        refiner.decode(emb, [])
+        sam.decode(emb, np.zeros((0, 4), np.float32), np.zeros((0, 1, 2), np.float32), np.zeros((0, 1), np.int64))
 
 
 def test_mask_prompt_is_the_rough_map_inside_the_box(tiny_sam):
     """SAM's dense prompt per component: gain · (logit(M) − logit(τ)) inside the component's box,
     −clamp ("surely normal") elsewhere, in SamPredictor's frame (longest side resized, bottom padded)."""
-    refiner = SamRefiner(tiny_sam)
+    refiner = MMRRefiner(tiny_sam, MMRConfig(box_padding=0, prompt_threshold=0.5, mask_prompt=True,
+                                             mask_prompt_gain=2.0, mask_prompt_clamp=10.0))
     rough = np.zeros((96, 192), np.float32)
     rough[24:60, 96:180] = 0.8
     rough[70:90, 10:40] = 0.9  # a second component: its values must not leak into the first's prompt
-    config = MMRConfig(box_padding=0, prompt_threshold=0.5, mask_prompt_gain=2.0, mask_prompt_clamp=10.0)
-    prompts = extract_prompts(rough, config)
-    (embedding,) = refiner.embed([np.zeros((96, 192, 3), np.uint8)])
-    logits = refiner.mask_inputs(embedding, rough, prompts, config)
+    prompts = extract_prompts(rough, refiner.config)
+    (embedding,) = refiner.sam.embed([np.zeros((96, 192, 3), np.uint8)])
+    logits = refiner.dense_prompts(embedding, rough, prompts)
     side = tiny_sam.prompt_encoder.mask_input_size[0]
     assert logits.shape == (2, side, side)
     scale = side / 192  # the image's long side spans the whole low-resolution frame
@@ -196,7 +197,7 @@ def test_mask_prompt_reaches_the_decoder(tiny_sam):
     spots = np.zeros((32, 32))
     spots[8:20, 6:14] = 0.9
     images = [np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)]
-    plain = MaskRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0))(images, [_rough(spots)])[0]
-    dense = MaskRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0, mask_prompt=True))(images, [_rough(spots)])[0]
+    plain = MMRRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0))(images, [_rough(spots)])[0]
+    dense = MMRRefiner(tiny_sam, MMRConfig(min_area_fraction=0.0, mask_prompt=True))(images, [_rough(spots)])[0]
     assert plain.prompts[0].box.tolist() == dense.prompts[0].box.tolist()
     assert not np.allclose(plain.final_map, dense.final_map)

@@ -24,11 +24,11 @@ from model_store.errors import (
     StageError,
     UnknownProfileError,
 )
-from model_store.loading import load_clipsam, load_refiner
+from model_store.loading import load_clipsam, load_stage2
 from model_store.profiles import get_profile
 from model_store.stage import download, stage
 from model_store.store import ModelStore, cache_dir, sha256_file
-from model_store.tiny import make_tiny
+from tiny.build import make_tiny
 
 from .conftest import REPO
 
@@ -93,8 +93,8 @@ def test_memory_store_round_trip(fresh_cache, tiny_store):
     local = store.fetch(store.read_manifest("tiny"), "sam")
     assert local.is_file() and str(local).startswith(str(cache_dir()))
     assert sha256_file(local) == manifest.files["sam"].sha256
-    model = load_clipsam(root, "tiny", device="cpu")
-    assert model.digests == manifest.digests()
+    _, loaded = load_clipsam(root, "tiny", device="cpu")
+    assert loaded.digests() == manifest.digests()
 
 
 def test_cache_downloads_once(local_store, fresh_cache):
@@ -116,7 +116,7 @@ def test_checksum_mismatch_names_the_url(local_store, fresh_cache):
     data[100] ^= 0xFF  # same size, different content
     path.write_bytes(bytes(data))
     with pytest.raises(ChecksumMismatchError, match=f"checksum mismatch for {path}"):
-        load_refiner(local_store, "tiny", device="cpu")
+        load_stage2(local_store, "tiny", device="cpu")
     assert not any(fresh_cache.rglob("*sam_tiny.pt"))  # nothing unverified left in the cache
 
 
@@ -125,7 +125,7 @@ def test_missing_weight_file(local_store, fresh_cache):
     missing = Path(local_store) / "tiny" / manifest.files["sam"].name
     missing.unlink()
     with pytest.raises(MissingWeightFileError, match=str(missing)):
-        load_refiner(local_store, "tiny", device="cpu")
+        load_stage2(local_store, "tiny", device="cpu")
 
 
 def test_missing_manifest_and_unknown_profile(tmp_path, local_store):
@@ -154,7 +154,7 @@ def test_checkpoint_of_the_wrong_shape(local_store, fresh_cache):
     torch.save({"weight": torch.zeros(3)}, wrong)
     store.publish(store.read_manifest("tiny"), {"sam": wrong})
     with pytest.raises(CorruptCheckpointError, match="does not match the sam config"):
-        load_refiner(local_store, "tiny", device="cpu")
+        load_stage2(local_store, "tiny", device="cpu")
 
 
 def test_pickled_code_is_refused(local_store, fresh_cache):
@@ -233,8 +233,8 @@ def test_stage_from_mirror_publishes_a_loadable_profile(http_mirror, tiny_store,
         ours = torch.load(Path(target) / "tiny" / entry.name, weights_only=True)
         theirs = torch.load(Path(tiny_store) / "tiny" / manifest.files[role].name, weights_only=True)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    model = load_clipsam(target, "tiny", device="cpu")
-    assert model.digests == staged.digests()
+    _, loaded = load_clipsam(target, "tiny", device="cpu")
+    assert loaded.digests() == staged.digests()
 
 
 def test_stage_real_profile_without_internet_fails_clearly(tmp_path, monkeypatch):

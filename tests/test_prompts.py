@@ -56,7 +56,7 @@ def test_cache_encodes_each_category_once():
 
 
 def test_real_clip_text_tower(tiny_model):
-    cache = tiny_model.rough_mapper.text
+    cache = tiny_model.stage1.text
     t = cache.get("bottle")
     assert t.shape == (2, 64)
     assert torch.allclose(t.norm(dim=-1), torch.ones(2), atol=1e-5)

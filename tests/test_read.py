@@ -1,4 +1,4 @@
-"""Listing (transforms.layouts) and reading (transforms.read): every layout, local / memory:// /
+"""Listing (inputs.layouts) and reading (transforms.read): every layout, local / memory:// /
 gs:// (fake-gcs-server), tar shards, bad inputs, and real Beam pipelines on FnApiRunner in one
 process and with worker subprocesses. Invariant checked throughout: every input image becomes
 exactly one ImageElement or one Failure."""
@@ -22,10 +22,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from tests.conftest import REPO, BrokenInputs, GcsEmulator, tar_bytes
-from transforms.elements import STAGE_DECODE, STAGE_READ, Failure, ImageElement, make_image_id
-from transforms.layouts import InputUnit, list_inputs
+from inputs.elements import STAGE_DECODE, STAGE_READ, Failure, ImageElement, make_image_id
+from inputs.layouts import InputUnit, list_inputs
 from transforms.progress import NAMESPACE as METRICS_NAMESPACE
-from transforms.read import FAILURES, IMAGES, ReadImages, read_unit
+from inputs.reader import read_unit
+from transforms.read import FAILURES, IMAGES, ReadImages
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,4 +1,4 @@
-"""The tiny SAM's training (clipsam.sam_training): MMR's own prompts, and that training works."""
+"""The tiny SAM's training (tiny.sam_training): MMR's own prompts, and that training works."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from clipsam.backbones import build_sam
 from clipsam.config import MMRConfig
 from clipsam.mmr import extract_prompts, mask_prompt_logits
-from clipsam.sam_training import (SamTrainConfig, mmr_prompt_iou, mmr_prompts, pretrain_encoder, soft_dice_loss, train_sam,
+from tiny.sam_training import (SamTrainConfig, mmr_prompt_iou, mmr_prompts, pretrain_encoder, soft_dice_loss, train_sam,
                                   tversky_loss)
-from clipsam.synthetic import generate_image
+from tiny.synthetic import generate_image
 from model_store.profiles import TINY_SAM_CONFIG
-from model_store.tiny import made_up_categories
+from tiny.recipe import made_up_categories
 
 
 def test_mmr_prompts_are_what_mmr_sends() -> None:
@@ -70,7 +70,7 @@ def unseen_defects_and_maps(tiny_model) -> tuple[list, list[np.ndarray]]:
     """Defect images of made-up categories no training step saw, and the tiny profile's stage-1 maps of them."""
     samples = [generate_image(name, seed=11, index=i, anomalous=True, size=256)
                for name in made_up_categories(160)[100:] for i in range(2)]
-    maps = [result.rough_map for result in tiny_model.rough_mapper([s.image for s in samples], [s.category for s in samples])]
+    maps = [result.rough_map for result in tiny_model.stage1([s.image for s in samples], [s.category for s in samples])]
     return samples, maps
 
 
@@ -78,7 +78,7 @@ def test_trained_tiny_sam_improves_on_the_prompts_mmr_sends(tiny_model, unseen_d
     """On categories no training step saw, the tiny profile's SAM, given MMR's prompts from the
     tiny profile's own stage-1 maps, overlaps the defects better than the thresholded rough map."""
     samples, maps = unseen_defects_and_maps
-    result = mmr_prompt_iou(tiny_model.refiner.sam.sam, samples, maps, tiny_model.refiner.config)
+    result = mmr_prompt_iou(tiny_model.stage2.sam.model, samples, maps, tiny_model.stage2.config)
     assert result["components"] >= 10, result
     assert result["sam"] > result["rough"], result
 
@@ -103,7 +103,7 @@ def test_trained_tiny_sam_reads_the_image(tiny_model, unseen_defects_and_maps) -
     prompts on flat grey images."""
     samples, maps = unseen_defects_and_maps
     grey = [dataclasses.replace(s, image=np.full_like(s.image, 128)) for s in samples]
-    sam, mmr = tiny_model.refiner.sam.sam, tiny_model.refiner.config
+    sam, mmr = tiny_model.stage2.sam.model, tiny_model.stage2.config
     real, blind = mmr_prompt_iou(sam, samples, maps, mmr), mmr_prompt_iou(sam, grey, maps, mmr)
     assert real["sam"] > blind["sam"] + 0.02, (real, blind)
 

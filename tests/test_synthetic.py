@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from clipsam import synthetic as S
+from tiny import synthetic as S
 from pipeline import make_synthetic
 
 from .conftest import REPO
@@ -40,7 +40,7 @@ def test_seed_index_and_split_each_change_the_image() -> None:
 
 def test_images_do_not_depend_on_the_process_hash_seed() -> None:
     """Category and split names are hashed with BLAKE2, not Python's salted hash()."""
-    code = ("import hashlib; from clipsam.synthetic import generate_image as g; "
+    code = ("import hashlib; from tiny.synthetic import generate_image as g; "
             "s = g('my_part', seed=3, index=2, size=64, anomalous=True); "
             "print(hashlib.sha256(s.image.tobytes() + s.mask.tobytes()).hexdigest())")
     digests = {

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from clipsam.model import Prediction
+from clipsam.stage2 import Prediction
 from clipsam.metrics import DEFAULT_BINS, bin_lower_edge, score_bins
 from pipeline.threshold import main, normal_thresholds
-from transforms.elements import ImageElement, make_image_id
+from inputs.elements import ImageElement, make_image_id
 from transforms.records import RECORD_SCHEMA, read_map_png, to_record
 from transforms.write import write_parquet
 

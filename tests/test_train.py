@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from clipsam.synthetic import generate_image
+from tiny.synthetic import generate_image
 from clipsam.train import CHECKPOINT_NAME, TrainConfig, UMCITrainer, umci_loss
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 from model_store.training import training_mapper
 from pipeline.make_synthetic import write_synthetic_dataset
 from pipeline.train_umci import main
-from transforms.layouts import list_inputs
-from transforms.training_data import limit_per_category, list_dataset
+from inputs.layouts import list_inputs
+from inputs.training_data import limit_per_category, list_dataset
 
 SIZE = 64  # CLIP input side of every run here: a multiple of the tiny CLIP's 16 px patches
 CATEGORIES = ("washer", "oak_panel")  # an object and a texture: 6 + 5 defect types
@@ -214,14 +214,14 @@ def test_cli_publishes_a_profile_with_its_provenance(local_run: Run, tiny_store:
 
 
 def test_published_profile_predicts(local_run: Run) -> None:
-    from clipsam.model import ClipSAM
+    from model_store import load_clipsam
 
-    model = ClipSAM.from_store(local_run.store, "tiny-trained", device="cpu")
+    model, manifest = load_clipsam(local_run.store, "tiny-trained", device="cpu")
     sample = generate_image("washer", seed=9, index=0, anomalous=True, size=96)
     prediction = model.predict(sample.image, "washer")
     assert prediction.final_map.shape == (96, 96) and prediction.mask.dtype == bool
     assert 0.0 <= prediction.image_score <= 1.0
-    assert model.digests["umci"] == local_run.manifest.files["umci"].sha256
+    assert manifest.digests()["umci"] == local_run.manifest.files["umci"].sha256
 
 
 def test_cli_resume_matches_the_uninterrupted_run(local_run: Run, store_copy: str, mvtec_root: Path,

@@ -23,6 +23,7 @@ from clipsam.metrics import (
     check_bins,
     summarize,
 )
+from inputs.elements import known_ground_truth
 
 METRICS_JSON = "metrics.json"
 METRICS_PARQUET = "metrics.parquet"
@@ -58,17 +59,12 @@ class EvalItem(NamedTuple):
 
 
 def eval_items(pair: tuple) -> Iterable[tuple[str, EvalItem]]:
-    """(ImageElement, Prediction) → (category, EvalItem) for images whose label is known.
-
-    A normal image has no mask file in MVTec-AD / VisA: all its pixels are negatives, so it gets
-    an all-False mask rather than None (None would leave it out of the pixel metrics).
-    """
+    """(ImageElement, Prediction) → (category, EvalItem) for images whose label is known; the
+    element's ground truth follows `inputs.elements.known_ground_truth` (all-False when normal)."""
     element, prediction = pair
     if element.label is None:
         return
-    gt = element.gt_mask
-    if gt is None and element.label == 0:
-        gt = np.zeros(prediction.final_map.shape, dtype=bool)
+    gt = known_ground_truth(element.gt_mask, element.label, prediction.final_map.shape)
     yield element.category, EvalItem(prediction.final_map, gt, prediction.image_score, element.label)
 
 

@@ -7,6 +7,7 @@ version, run id). Maps are optional (`--store_maps`) because they dominate the s
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import io
 from typing import Any, Iterable
 
@@ -16,12 +17,20 @@ import pyarrow as pa
 from PIL import Image
 
 from clipsam.metrics import score_units, unit_scores
-from clipsam.model import Prediction
 from clipsam.rle import encode_mask
+from clipsam.stage2 import Prediction
+from inputs.elements import ImageElement
 
-from .elements import ImageElement
 
-PIPELINE_VERSION = "0.1.0"
+def _installed_version() -> str:
+    """The installed distribution's version (setup.py is the one place it is written)."""
+    try:
+        return importlib.metadata.version("clipsam-pipeline")
+    except importlib.metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        return "0+unknown"
+
+
+PIPELINE_VERSION = _installed_version()
 MAP_PNG_MAX_SIDE = 256
 
 RECORD_SCHEMA = pa.schema(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from .elements import Failure
+from inputs.elements import Failure
 
 
 def _is_failure(value: object) -> bool:

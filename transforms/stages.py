@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from clipsam.model import MaskRefiner, Prediction, RoughMapper, RoughResult
+from clipsam.stage1 import RoughMapper, RoughResult
+from clipsam.stage2 import MMRRefiner, Prediction
 
-from .elements import STAGE_CLIP, STAGE_SAM, Failure, ImageElement
+from inputs.elements import STAGE_CLIP, STAGE_SAM, Failure, ImageElement
 from .progress import NAMESPACE, ProgressLog
 
 LOG = logging.getLogger(__name__)
@@ -63,77 +64,100 @@ def run_isolated(
     return outputs
 
 
-class RoughMapHandler(ModelHandler[ImageElement, PredictionResult, RoughMapper]):
-    """Stage 1: CLIP + UMCI. Input ImageElement; inference is a RoughResult or a Failure."""
+class Stage2Input(NamedTuple):
+    """What stage 2 takes per image: the decoded element and its stage-1 result."""
+
+    element: ImageElement
+    rough: RoughResult
+
+
+class Scored(NamedTuple):
+    """What stage 2 gives per image: the decoded element and ClipSAM's prediction."""
+
+    element: ImageElement
+    prediction: Prediction
+
+
+class StageHandler(ModelHandler):
+    """What the two stage handlers share: the model spec, per-element isolation of failures,
+    byte accounting and a metrics namespace. Subclasses say how to load their model, how to run
+    it on a batch, and which ImageElement an input is."""
+
+    stage = ""
 
     def __init__(self, spec: ModelSpec, **batching_and_sharing: Any) -> None:
         super().__init__(**batching_and_sharing)
         self.spec = spec
 
-    def load_model(self) -> RoughMapper:
-        from model_store.loading import load_rough_mapper
+    def element_of(self, item: Any) -> ImageElement:
+        return item
 
-        return load_rough_mapper(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)
+    def predict(self, model: Any, items: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
 
-    def run_inference(
-        self, batch: Sequence[ImageElement], model: RoughMapper, inference_args: Optional[dict[str, Any]] = None
-    ) -> Iterable[PredictionResult]:
-        def run(items: Sequence[ImageElement]) -> list[RoughResult]:
-            return model([e.image for e in items], [e.category for e in items])
+    def run_inference(self, batch: Sequence[Any], model: Any,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        outputs = run_isolated(batch, lambda items: self.predict(model, items), self.element_of, self.stage)
+        return [PredictionResult(self.element_of(item), out) for item, out in zip(batch, outputs)]
 
-        outputs = run_isolated(batch, run, lambda e: e, STAGE_CLIP)
-        return [PredictionResult(e, out) for e, out in zip(batch, outputs)]
-
-    def get_num_bytes(self, batch: Sequence[ImageElement]) -> int:
-        return sum(e.image.nbytes for e in batch)
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(self.element_of(item).image.nbytes for item in batch)
 
     def get_metrics_namespace(self) -> str:
-        return f"{NAMESPACE}_stage1"
+        return f"{NAMESPACE}_{self.stage}"
 
 
-class RefineHandler(ModelHandler[tuple, PredictionResult, MaskRefiner]):
-    """Stage 2: SAM + MMR. Input (ImageElement, RoughResult); inference is a Prediction or a Failure.
+class Stage1Handler(StageHandler):
+    """Stage 1: CLIP + UMCI. Input ImageElement; inference is a RoughResult or a Failure."""
+
+    stage = STAGE_CLIP
+
+    def load_model(self) -> RoughMapper:
+        from model_store.loading import load_stage1
+
+        return load_stage1(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)[0]
+
+    def predict(self, model: RoughMapper, items: Sequence[ImageElement]) -> list[RoughResult]:
+        return model([e.image for e in items], [e.category for e in items])
+
+
+class Stage2Handler(StageHandler):
+    """Stage 2: SAM + MMR. Input Stage2Input; inference is a Prediction or a Failure.
 
     Counts the images that went through SAM's image encoder (`sam_encoder_images`), so a run can
     show the encoder ran only for images with prompts.
     """
 
+    stage = STAGE_SAM
+
     def __init__(self, spec: ModelSpec, **batching_and_sharing: Any) -> None:
-        super().__init__(**batching_and_sharing)
-        self.spec = spec
+        super().__init__(spec, **batching_and_sharing)
         self._encoded = beam.metrics.Metrics.counter(NAMESPACE, "sam_encoder_images")
 
-    def load_model(self) -> MaskRefiner:
-        from model_store.loading import load_refiner
+    def element_of(self, item: Stage2Input) -> ImageElement:
+        return item.element
 
-        return load_refiner(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)
+    def load_model(self) -> MMRRefiner:
+        from model_store.loading import load_stage2
 
-    def run_inference(
-        self, batch: Sequence[tuple], model: MaskRefiner, inference_args: Optional[dict[str, Any]] = None
-    ) -> Iterable[PredictionResult]:
-        def run(items: Sequence[tuple]) -> list[Prediction]:
-            predictions = model([e.image for e, _ in items], [r for _, r in items])
-            # `sam_used` is set where SAM's encoder actually embedded the image. Counted from the
-            # results because with model_copies the model is a proxy to another process.
-            self._encoded.inc(sum(p.sam_used for p in predictions))
-            return predictions
+        return load_stage2(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)[0]
 
-        outputs = run_isolated(batch, run, lambda item: item[0], STAGE_SAM)
-        return [PredictionResult(item[0], out) for item, out in zip(batch, outputs)]
-
-    def get_num_bytes(self, batch: Sequence[tuple]) -> int:
-        return sum(e.image.nbytes for e, _ in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return f"{NAMESPACE}_stage2"
+    def predict(self, model: MMRRefiner, items: Sequence[Stage2Input]) -> list[Prediction]:
+        predictions = model([item.element.image for item in items], [item.rough for item in items])
+        # `sam_used` is set where SAM's encoder actually embedded the image. Counted from the
+        # results because with model_copies the model is a proxy to another process.
+        self._encoded.inc(sum(p.sam_used for p in predictions))
+        return predictions
 
 
 class CountResults(beam.DoFn):
-    """PredictionResult(element, result or Failure) → (element, result), or the Failure as is
-    (split later by `routing.split_failures`); counts both for progress."""
+    """PredictionResult(element, result or Failure) → `pair(element, result)` (Stage2Input after
+    stage 1, Scored after stage 2), or the Failure as is (split later by
+    `routing.split_failures`); counts both for progress."""
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, pair: type) -> None:
         self.progress = ProgressLog(stage)
+        self.pair = pair
 
     def process(self, result: PredictionResult) -> Iterable[Any]:
         if isinstance(result.inference, Failure):
@@ -141,4 +165,4 @@ class CountResults(beam.DoFn):
             yield result.inference
         else:
             self.progress.done()
-            yield result.example, result.inference
+            yield self.pair(result.example, result.inference)

@@ -36,12 +36,12 @@ from open_clip.model import CLIP
 from scipy import ndimage
 from torch import nn
 
-from .clip_features import ClipFeatureTap
-from .config import ClipTapConfig
-from .device import FOREACH_STEP
+from clipsam.clip_features import ClipFeatureTap
+from clipsam.config import ClipTapConfig
+from clipsam.device import FOREACH_STEP
 from .loss_log import WindowedLoss
-from .prompts import ensemble_sentences
-from .train import LabelledImage
+from clipsam.prompts import ensemble_sentences
+from clipsam.train import LabelledImage
 
 LOG = logging.getLogger(__name__)
 

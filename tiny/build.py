@@ -3,9 +3,9 @@
 Pretrained CLIP and SAM weights cannot be downloaded where this project is developed and
 tested, so the `tiny` profile uses the real open_clip `CLIP` and segment_anything `Sam` classes
 at small sizes and trains them here, on seeded synthetic industrial images
-(`clipsam.synthetic`), in a few CPU minutes:
+(`tiny.synthetic`), in a few CPU minutes:
 
-1. CLIP: image-level captions + a dense auxiliary term (`clipsam.clip_pretraining`), on the
+1. CLIP: image-level captions + a dense auxiliary term (`tiny.clip_pretraining`), on the
    synthetic TRAIN categories plus made-up categories of the same kinds (never a TEST category,
    never a kind that only TEST categories have); then frozen.
 2. UMCI: the ClipSAM loss on the frozen CLIP (`clipsam.train`), on other images of the TRAIN
@@ -34,7 +34,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -43,67 +42,33 @@ import open_clip
 import torch
 from torch import nn
 
-import clipsam
-from clipsam import synthetic
 from clipsam.backbones import build_clip, build_sam, clip_tokenizer
-from clipsam.clip_pretraining import ClipPretrainConfig, paste_anomaly, pretrain_clip, recolour
+from clipsam.checkpoint import save_state
 from clipsam.config import ClipSAMConfig
-from clipsam.model import RoughMapper
-from clipsam.sam_training import SamTrainConfig, augment_pair, mmr_prompt_iou, pretrain_encoder, train_sam
-from clipsam.train import TrainConfig, train_umci
+from clipsam.stage1 import RoughMapper
+from clipsam.train import train_umci
 from clipsam.umci import UMCI
+from model_store.manifest import Manifest
+from model_store.profiles import get_profile
+from model_store.store import ModelStore, _file_lock, cache_dir
 
-from .manifest import Manifest
-from .profiles import get_profile
-from .store import ModelStore, _file_lock, cache_dir
+from . import synthetic
+from .clip_pretraining import pretrain_clip
+from .recipe import (SAM_CHECK_CATEGORIES, TinyRecipe, made_up_categories, recoloured_copies, synthetic_samples,
+                     with_pasted_anomalies)
+from .sam_training import mmr_prompt_iou, pretrain_encoder, train_sam
 
 LOG = logging.getLogger(__name__)
 TINY = "tiny"
-SAM_CHECK_CATEGORIES = 40  # made-up categories no training step saw, for the trained SAM's check
-# Sources whose code decides the trained weights (or the loss history recorded with them): a change
-# to any of them invalidates cached builds.
-WEIGHT_SOURCES = (
-    "backbones.py", "clip_features.py", "clip_pretraining.py", "config.py", "device.py", "loss_log.py", "mmr.py",
-    "model.py", "prompts.py", "sam_training.py", "synthetic.py", "train.py", "umci.py",
+REPO = Path(__file__).resolve().parents[1]
+# Sources whose code decides the trained weights (or the loss history recorded with them), relative
+# to the checkout: a change to any of them invalidates cached builds.
+WEIGHT_SOURCES = tuple(
+    [f"clipsam/{name}.py" for name in ("backbones", "checkpoint", "clip_features", "config", "device", "mmr",
+                                       "prompts", "stage1", "train", "umci")]
+    + [f"tiny/{name}.py" for name in ("build", "clip_pretraining", "loss_log", "recipe", "sam_training", "synthetic")]
+    + ["model_store/profiles.py"]
 )
-
-
-@dataclass(frozen=True)
-class TinyRecipe:
-    """What make-tiny trains on and for how long (recorded in the manifest's provenance).
-
-    train_*: images per synthetic TRAIN category that CLIP and SAM see.
-    umci_*: images per TRAIN category that UMCI trains on, drawn from their own stream (split
-        "tiny-umci"), so none of them is an image CLIP was pretrained on: CLIP's patch tokens
-        of its own pretraining images carry what its dense head memorised, and UMCI reads
-        them too easily (measured: pixel AUROC +0.02 on the held-out categories);
-        umci_recoloured_copies: recoloured copies of each (`recoloured_copies`). UMCI runs on
-        cached CLIP tokens, so more images cost it little.
-    extra_*: made-up categories (kinds of the TRAIN categories only) and images per category,
-        used to pretrain CLIP and SAM on more palettes; UMCI never sees them, so SAM trains on
-        the stage-1 maps (and false alarms) of categories UMCI does not know.
-    paste_p: share of the made-up normal images that CLIP pretraining sees with a pasted
-        anomaly (`clip_pretraining.paste_anomaly`, donor: a random image of the pretraining set).
-    threads: torch threads during the build (results depend on it; 2 matches CI machines).
-    """
-
-    image_size: int = 256
-    train_normal: int = 12
-    train_anomalous: int = 28
-    umci_normal: int = 20
-    umci_anomalous: int = 60
-    umci_recoloured_copies: int = 1
-    extra_categories: int = 60
-    extra_normal: int = 4
-    extra_anomalous: int = 4
-    paste_p: float = 0.7
-    threads: int = 2
-    clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
-    sam: SamTrainConfig = field(default_factory=SamTrainConfig)
-    umci: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, image_size=256))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ------------------------------------------------------------------------------- modules
@@ -121,12 +86,6 @@ def seeded_modules(seed: int) -> tuple[nn.Module, nn.Module, UMCI]:
     return clip, sam, umci
 
 
-def save_state(module: nn.Module, path: Path) -> Path:
-    """Save a state dict of contiguous CPU tensors (loadable with weights_only=True)."""
-    torch.save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, path)
-    return path
-
-
 @contextlib.contextmanager
 def deterministic_torch(threads: int) -> Iterator[None]:
     """Deterministic kernels on a fixed thread count for the duration of a build, then restored."""
@@ -141,70 +100,6 @@ def deterministic_torch(threads: int) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------- data
-
-
-def made_up_categories(count: int) -> list[str]:
-    """`count` made-up category names whose (hash-derived) kind is a kind of a TRAIN category.
-
-    `synthetic.get_category` turns any unknown name into a stable kind and palette; filtering on
-    kind keeps the kinds that only TEST categories have (granular, capsule) out of training.
-    """
-    kinds = {synthetic.get_category(c).kind for c in synthetic.TRAIN_CATEGORIES}
-    names, index = [], 0
-    while len(names) < count:
-        name = f"made up part {index}"
-        if synthetic.get_category(name).kind in kinds:
-            names.append(name)
-        index += 1
-    return names
-
-
-def validation_categories(count: int = 32) -> list[str]:
-    """`count` made-up categories that neither training nor the SAM check of the build uses: a
-    split for choosing MMR settings (τ, α, box padding) without looking at the TEST categories."""
-    skip = TinyRecipe().extra_categories + SAM_CHECK_CATEGORIES
-    return made_up_categories(skip + count)[skip:]
-
-
-def synthetic_samples(categories: list[str], normal: int, anomalous: int, size: int, seed: int,
-                      split: str) -> list[synthetic.SyntheticSample]:
-    """`normal` + `anomalous` seeded images of each category (independent streams per split)."""
-    samples = []
-    for category in categories:
-        samples += [synthetic.generate_image(category, seed=seed, index=i, anomalous=False, size=size,
-                                             split=f"{split}/good") for i in range(normal)]
-        samples += [synthetic.generate_image(category, seed=seed, index=i, anomalous=True, size=size,
-                                             split=f"{split}/defect") for i in range(anomalous)]
-    return samples
-
-
-def with_pasted_anomalies(train: list, extra: list, paste_p: float, seed: int) -> list:
-    """CLIP's pretraining set: `train` + `extra`, each normal `extra` image replaced with
-    probability `paste_p` by a copy with a pasted anomaly."""
-    rng = np.random.default_rng(seed)
-    pool = train + extra
-    out = list(train)
-    for sample in extra:
-        if not np.asarray(sample.mask).any() and rng.random() < paste_p:
-            sample = paste_anomaly(sample, pool[int(rng.integers(len(pool)))].image, rng)
-        out.append(sample)
-    return out
-
-
-def recoloured_copies(samples: list, copies: int, seed: int) -> list:
-    """`copies` recoloured (channel order, per-channel gain: `clip_pretraining.recolour`) and
-    rotated/flipped copies of every sample, mask moved with the image, category kept: UMCI
-    then learns a defect as "unlike its surroundings" rather than as a TRAIN palette (measured on
-    the held-out categories, one copy: pixel AUROC +0.02)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(copies):
-        for sample in samples:
-            image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).float().div_(255.0)
-            image = (recolour(image, rng, invert_p=0.0).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-            image, mask = augment_pair(image, np.asarray(sample.mask), rng=rng)
-            out.append(dataclasses.replace(sample, image=image, mask=mask))
-    return out
 
 
 # ------------------------------------------------------------------------------ training
@@ -257,7 +152,7 @@ def train_tiny(seed: int, recipe: TinyRecipe, log: Callable[[str], None] = LOG.i
         "trained": True,
         "recipe": recipe.to_dict(),
         "data": {
-            "generator": "clipsam.synthetic",
+            "generator": "tiny.synthetic",
             "umci_categories": list(synthetic.TRAIN_CATEGORIES),
             "pretraining_extra_categories": recipe.extra_categories,
             "held_out_categories": list(synthetic.TEST_CATEGORIES),
@@ -288,10 +183,7 @@ def stage1_maps(mapper: RoughMapper, samples: list, batch: int = 16) -> list[np.
 
 def build_key(seed: int, trained: bool, recipe: TinyRecipe) -> str:
     """Content address of a build: seed, recipe, library versions and the weight-shaping sources."""
-    package = Path(clipsam.__file__).parent
-    sources = {name: hashlib.sha256((package / name).read_bytes()).hexdigest() for name in WEIGHT_SOURCES}
-    sources["model_store/tiny.py"] = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    sources["model_store/profiles.py"] = hashlib.sha256(Path(__file__).with_name("profiles.py").read_bytes()).hexdigest()
+    sources = {name: hashlib.sha256((REPO / name).read_bytes()).hexdigest() for name in WEIGHT_SOURCES}
     key = {
         "seed": seed, "trained": trained, "recipe": recipe.to_dict() if trained else None, "sources": sources,
         "torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__,

@@ -1,7 +1,7 @@
 """Labelled training images for UMCI from MVTec-AD / VisA roots at any fsspec URL (no Beam).
 
 Training (DESIGN §4.2) reads the same datasets the pipeline scores, so it reuses the pipeline's
-listing (`transforms.layouts.list_inputs`) and reading/decoding (`transforms.read.read_unit`):
+listing (`inputs.layouts.list_inputs`) and reading/decoding (`inputs.reader.read_unit`):
 the same image ids, the same ground-truth rules (MVTec `ground_truth/<defect>/<stem>_mask.png`,
 VisA `split_csv/1cls.csv` masks where pixels > 0, `good` / `normal` = all-False mask) and the
 same error types for bad files. What differs is what happens to a bad input: the pipeline writes
@@ -29,9 +29,10 @@ import torch
 from clipsam.clip_features import preprocess_images
 from clipsam.config import ClipTapConfig
 from clipsam.train import resize_mask
-from transforms.elements import Failure, ImageElement
-from transforms.layouts import InputUnit, list_inputs
-from transforms.read import MISSING_MASK, read_unit
+
+from .elements import Failure, ImageElement
+from .layouts import InputUnit, list_inputs
+from .reader import MISSING_MASK, read_unit
 
 LOG = logging.getLogger(__name__)
 TRAINING_LAYOUTS = ("mvtec", "visa")

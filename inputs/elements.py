@@ -25,6 +25,15 @@ def make_image_id(source_uri: str, member: str = "") -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:20]
 
 
+def known_ground_truth(mask: Optional[np.ndarray], label: Optional[int], shape: tuple[int, int]) -> Optional[np.ndarray]:
+    """The ground-truth mask to score an image against: its decoded `mask` (bool [H, W]) when it
+    has one; all-False [H, W] of `shape` for a normal image (label 0), whose pixels are all
+    negatives although MVTec-AD / VisA ship no mask file for it; None when the label is unknown."""
+    if mask is None and label == 0:
+        return np.zeros(shape, dtype=bool)
+    return mask
+
+
 @dataclass
 class ImageElement:
     """One decoded input image.

@@ -47,11 +47,11 @@ import torch.nn.functional as F
 from scipy import ndimage
 from segment_anything.modeling import Sam
 
-from .config import MMRConfig
-from .device import FOREACH_STEP
+from clipsam.config import MMRConfig
+from clipsam.device import FOREACH_STEP
 from .loss_log import WindowedLoss
-from .mmr import box_mask, cells_in_boxes, extract_prompts, mask_prompt_logits
-from .train import LabelledImage
+from clipsam.mmr import box_mask, cells_in_boxes, extract_prompts, mask_prompt_logits
+from clipsam.train import LabelledImage
 
 LOG = logging.getLogger(__name__)
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
