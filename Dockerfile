@@ -5,34 +5,33 @@
 #   docker push REGION-docker.pkg.dev/PROJECT/REPO/clipsam-worker:0.1.0
 # and launch with --sdk_container_image=<that tag> --sdk_location=container (see README, "Dataflow").
 #
-# The Python minor version and the Beam version here must equal the launcher's (3.11, 2.77.0).
-FROM apache/beam_python3.11_sdk:2.77.0 AS beam
-
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
-ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends software-properties-common \
- && add-apt-repository -y ppa:deadsnakes/ppa \
- && apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev build-essential \
- && rm -rf /var/lib/apt/lists/*
-RUN python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-
-# CUDA build of torch first, so the project install below does not pull a different one.
-RUN pip install --upgrade pip \
- && pip install "torch==2.9.1" "torchvision==0.24.1" --index-url https://download.pytorch.org/whl/cu128
+# Beam's own SDK image is the base: its Python (3.11) and Beam (2.77.0) must equal the launcher's,
+# and its boot program starts the SDK harness. Everything is installed into that image's default
+# Python environment, and RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1 tells the boot program to run
+# the harness there: without it, boot creates a fresh virtual environment at start-up, which
+# would not see the packages installed here.
+#
+# One CUDA stack: the torch wheels from PyPI carry their CUDA libraries (nvidia-* wheels); the
+# driver comes from Dataflow (worker_accelerator=...;install-nvidia-driver). No CUDA base image.
+FROM apache/beam_python3.11_sdk:2.77.0
+ENV RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    CLIPSAM_CACHE=/var/cache/clipsam
 
 WORKDIR /opt/clipsam
 COPY setup.py README.md ./
 COPY clipsam ./clipsam
+COPY inputs ./inputs
 COPY model_store ./model_store
+COPY tiny ./tiny
 COPY transforms ./transforms
 COPY pipeline ./pipeline
-RUN pip install ".[gcp]"
+# The project, its torch/torchvision (with their CUDA libraries) and Beam's GCP extras, into the
+# default environment; `pip check` fails the build if anything installed is inconsistent.
+RUN python -m pip install --upgrade pip \
+ && python -m pip install ".[gcp]" \
+ && python -m pip check
 
-# Beam's worker boot program; Dataflow starts the SDK harness through it.
-COPY --from=beam /opt/apache/beam /opt/apache/beam
-# Weights are not baked in: workers fetch them from --model_store into this cache once per VM.
-ENV CLIPSAM_CACHE=/var/cache/clipsam
+# Weights are not baked in: workers fetch them from --model_store into $CLIPSAM_CACHE once per VM.
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -3,7 +3,8 @@
 The ClipSAM paper's body could not be read when this project started, so several values are
 project decisions (marked [decision] in DESIGN.md). They live here, and only here, so a user
 holding the paper can change them without touching code. Configs are plain dataclasses that
-round-trip through JSON: model store manifests carry them.
+round-trip through JSON: model store manifests carry them. Why a value was chosen, and what
+was measured for it, is in docs/decisions.md.
 """
 from __future__ import annotations
 
@@ -50,10 +51,11 @@ class MMRConfig:
     box_padding: int = 4  # pixels added on each side of a component's box
     max_components: int = 32  # bounds one image's decoder batch; the largest are kept
     add_centroid_point: bool = True
-    # Also hand SAM each component's rough map as its dense mask prompt (SAM's `mask_input`),
-    # as logits mask_prompt_gain · (logit(M_clip) − logit(τ)), clipped to ±mask_prompt_clamp, and
-    # −mask_prompt_clamp outside the box (`mmr.mask_prompt_logits`). Off in the paper's setting
-    # (box + points only); on for a SAM trained with such prompts (the `tiny` profile).
+    # Also hand SAM each component's rough map as its dense mask prompt (SAM's `mask_input`,
+    # logits in its low-resolution mask frame): mask_prompt_gain · (logit(M_clip) − logit(τ)),
+    # clipped to ±mask_prompt_clamp, and −mask_prompt_clamp outside the box
+    # (`mmr.mask_prompt_logits`). Off in the paper's setting (box + points only); on only for a
+    # SAM trained with such prompts (the `tiny` profile).
     mask_prompt: bool = False
     mask_prompt_gain: float = 1.0
     mask_prompt_clamp: float = 12.0

@@ -1,11 +1,8 @@
 """How work is laid out on the device: autocast, forward-pass sizes and the optimizer step.
 
-On CPU each image gets its own forward pass. Batched matrix products on CPU choose their
-blocking (and so their summation order) by batch size, so an image's scores would change in
-the last bits with the images that happen to share its batch, and reruns of the pipeline
-(whose batches Beam forms dynamically) would not be bit-identical. A CPU is saturated by one
-image anyway. On CUDA the whole batch goes through at once, in bf16 autocast (DESIGN §11),
-where batching is what keeps the GPU busy.
+On CPU each image gets its own forward pass, so an image's scores do not depend on which images
+share its (dynamically formed) Beam batch and reruns are bit-identical. On CUDA the whole batch
+goes through at once, in bf16 autocast (DESIGN §11). Why: docs/decisions.md, "Determinism".
 """
 from __future__ import annotations
 
@@ -16,9 +13,9 @@ import torch
 
 T = TypeVar("T")
 
-# torch takes its multi-tensor ("foreach") optimizer step by default only for CUDA tensors. On the
-# CPU it leaves bit-identical parameters in about half the time (measured on the tiny CLIP, SAM and
-# UMCI), so every trainer here asks for it: `torch.optim.AdamW(..., foreach=FOREACH_STEP)`.
+# Every trainer asks for torch's multi-tensor ("foreach") optimizer step, which torch picks by
+# default only for CUDA tensors: `torch.optim.AdamW(..., foreach=FOREACH_STEP)`. On the CPU it
+# gives the same parameters bit for bit, faster (docs/decisions.md, "Determinism").
 FOREACH_STEP = True
 
 

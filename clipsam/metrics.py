@@ -7,14 +7,11 @@ adding them, and every metric is read off the histograms at the end.
 
 Scores (pixel maps and image scores) live in [0, 1] and are binned on the log-odds scale:
 s is clipped to [0, 1], its logit log(s / (1 - s)) to [-L, L] (L = `LOGIT_LIMIT`), and bin b
-holds the scores whose logit falls in [-L + 2L·b/B, -L + 2L·(b+1)/B). Why not equal-width bins
-on [0, 1]: a trained map is a softmax at CLIP's logit scale, so most pixels of a good map sit
-below 1e-5 and rank among themselves there (measured: on the tiny profile's held-out
-categories the median normal pixel was ~1e-8 and defect pixels the detector was unsure of
-~1e-7). Equal-width bins (width 1.5e-5 at B = 2^16) put all of them in bin 0 as ties (measured
-on a more saturated UMCI variant: pixel AUROC 0.61 reported where sklearn on its float32 maps
-gives 0.90); log-odds bins keep their order down to e^-L and still resolve 2e-4 around 0.5. Values outside [0, 1] are clipped
-into the end bins (still counted, ranked with 0 resp. 1); NaN is an error. Binning runs in
+holds the scores whose logit falls in [-L + 2L·b/B, -L + 2L·(b+1)/B). This keeps the order of
+scores down to e^-L and resolves 2e-4 around 0.5 at B = 2^16; a trained map (a softmax at
+CLIP's logit scale) ranks most of its pixels far below 1e-5, where equal-width bins on [0, 1]
+would make them ties (docs/decisions.md, "Metrics and binning"). Values outside [0, 1] are
+clipped into the end bins (still counted, ranked with 0 resp. 1); NaN is an error. Binning runs in
 float32 (the precision of the maps), so a threshold is exact: `bin_lower_edge(t)` is the
 smallest float32 score in bin t or above, and "bin(score) >= t" equals "score >= that edge"
 for every float32 score. Distinct scores that share a bin become ties; with 2^16 bins the

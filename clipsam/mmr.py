@@ -142,12 +142,11 @@ def mask_prompt_logits(values: np.ndarray, inside_box: np.ndarray, config: MMRCo
     """SAM dense mask prompt (logits) from rough-map values, in the units SAM's `mask_input` has
     (logits of its own earlier masks): gain · (logit(M) − logit(τ)), clipped to ±clamp, inside the
     box, and −clamp ("surely normal") outside it, so a prompt speaks only for its own component's box.
+    The logit keeps apart the very small values a rough map is mostly made of on unseen
+    categories, which M − τ would flatten (docs/decisions.md, "MMR settings").
 
-    Why logits of M rather than M − τ: on categories it was not trained on, UMCI's map is
-    mostly very small numbers (measured on the tiny profile's validation split: defect pixels'
-    median 0.003, normal pixels' 1e-6), and their ranking is what it knows; M − τ flattens all
-    of them to one value, the logit keeps them apart.
-    values: float [..., h, w] in [0, 1]; inside_box: bool, broadcastable to values.
+    values: float [..., h, w] in [0, 1] (clipped to [1e-7, 1 − 1e-7]); inside_box: bool,
+    broadcastable to values. Returns float32 of the broadcast shape.
     """
     v = np.clip(np.asarray(values, np.float64), 1e-7, 1 - 1e-7)
     tau = config.prompt_threshold

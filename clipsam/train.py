@@ -4,12 +4,11 @@ Per tapped layer the loss is focal loss (γ = 2) on the 2-channel softmax map pl
 its abnormal channel; the layers' losses are summed. Adam (lr 1e-3, betas (0.5, 0.999)), batch 8,
 optional 2×2 mosaic augmentation. The data is an abstract sequence of labelled images, so this
 module stays free of I/O: the CLI (`pipeline/train_umci.py`) reads datasets from any URL, the tiny
-profile build (`model_store/tiny.py`) feeds synthetic images straight from memory.
+profile build (`tiny/build.py`) feeds synthetic images straight from memory.
 
-Why the loop looks the way it does:
-- CLIP is frozen and the preprocessing is deterministic, so an image's CLIP tokens never change.
-  They are computed once, in index order, and kept (up to a memory budget); later epochs only run
-  UMCI, which is ~30× cheaper than the CLIP forward. Mosaics are new images and go through CLIP.
+- CLIP is frozen and the preprocessing is deterministic, so each image's CLIP tokens are computed
+  once, in index order, and kept up to `TrainConfig.feature_cache_mb`; later epochs run only UMCI.
+  Mosaics are new images and go through CLIP.
 - Every random choice (data order, mosaic partners) comes from ONE numpy generator whose state is
   checkpointed after each epoch with the model, the optimizer and torch's RNG state, so a resumed
   run repeats the uninterrupted one exactly.
@@ -96,12 +95,10 @@ class TrainConfig:
 def focal_loss(log_probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
     """Mean over pixels of −(1 − p_t)^γ · log p_t; log_probs [B, 2, H, W] log-softmax, target bool [B, H, W].
 
-    Read from log-probabilities, not clamped probabilities: at UMCI's logit scale (100) a layer
-    can saturate (p_t < 1e-6) early in training, and a clamp would then cut its gradient for good
-    (measured: two of the tiny profile's four layers died that way, their maps constant 0).
+    Read from log-probabilities, not clamped probabilities, so that a layer saturated at UMCI's
+    logit scale keeps its gradient (docs/decisions.md, "UMCI training").
     """
-    # The true class's log-probability; same numbers as `gather`, whose backward zero-fills and
-    # scatters a full [B, 2, H, W] map per layer (measured: ~5 % of a tiny-build UMCI step).
+    # The true class's log-probability: the same numbers as `gather`, with a cheaper backward.
     log_p_true = torch.where(target, log_probs[:, 1], log_probs[:, 0])
     return (-(1.0 - log_p_true.exp()) ** gamma * log_p_true).mean()
 

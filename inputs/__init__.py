@@ -5,8 +5,8 @@ both see the same image ids, ground-truth rules and error types.
 """
 from .decode import DecodeError
 from .elements import Failure, ImageElement, make_image_id
-from .layouts import InputUnit, list_inputs
+from .layouts import InputUnit, Listing, list_inputs, scan_inputs
 from .reader import DecodeLimits, read_unit
 
-__all__ = ["DecodeError", "DecodeLimits", "Failure", "ImageElement", "InputUnit", "list_inputs", "make_image_id",
-           "read_unit"]
+__all__ = ["DecodeError", "DecodeLimits", "Failure", "ImageElement", "InputUnit", "Listing", "list_inputs",
+           "make_image_id", "read_unit", "scan_inputs"]

@@ -9,6 +9,10 @@ Documented conversions (each adds a note):
 - 16-bit grey (`I;16*`, `I`): linear `round(v / 257)` after clipping to [0, 65535], so 65535 →
   255 and the absolute scale is kept (no per-image stretch). 16-bit RGB PNGs are reduced to their
   high byte by Pillow itself; a note says so.
+- 32-bit float grey (`F`, e.g. float TIFF): read as intensities in [0, 1], scaled linearly by
+  `round(v * 255)`; an image with any value outside [0, 1] or not finite fails with
+  `UnsupportedPixelRange` (no range is guessed: scaling by the image's own min/max would make
+  every image full-contrast).
 - Grey, bilevel, palette, CMYK, YCbCr and other modes: Pillow's `convert("RGB")`.
 - Alpha (`RGBA`, `LA`, `PA`, palette transparency): dropped, keeping the colour channels as
   captured (not composited on a background).
@@ -40,6 +44,7 @@ IMAGE_TOO_LARGE = "ImageTooLarge"
 IMAGE_TOO_SMALL = "ImageTooSmall"
 BAD_MASK = "BadMask"
 MASK_SIZE_MISMATCH = "MaskSizeMismatch"
+UNSUPPORTED_PIXEL_RANGE = "UnsupportedPixelRange"
 
 _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "LA", "RGB", "RGBA"}
@@ -68,7 +73,7 @@ def decode_image(
     `uri` is only used in messages. Size limits are checked on the header, before any pixel is
     decoded, so a decompression bomb costs nothing.
     Raises DecodeError: EmptyFile, NotAnImage, ImageTooLarge, ImageTooSmall, TruncatedImage,
-    CorruptImage.
+    CorruptImage, UnsupportedPixelRange.
     """
     im = _open_checked(data, uri, pixel_limit)
     width, height = im.size
@@ -83,7 +88,18 @@ def decode_image(
     if _is_16bit_rgb_png(data):
         notes.append("16-bit RGB PNG reduced to 8 bits (high byte)")
     im = _apply_exif_orientation(im, notes)
-    return _to_rgb(im, notes), notes
+    return _to_rgb(im, notes, uri), notes
+
+
+def check_image_header(head: bytes, uri: str, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> None:
+    """Raise DecodeError ImageTooLarge when `head`, the first bytes of an image, already shows
+    more than `pixel_limit` pixels; an incomplete or unparsable header is left to `decode_image`
+    on the whole file. Lets a reader of a stream stop before reading a bomb's bytes."""
+    try:
+        _open_checked(head, uri, pixel_limit)
+    except DecodeError as err:
+        if err.error_type == IMAGE_TOO_LARGE:
+            raise
 
 
 def decode_mask(data: bytes, uri: str, expected_shape: tuple[int, int]) -> np.ndarray:
@@ -180,10 +196,23 @@ def _apply_exif_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     return ImageOps.exif_transpose(im)
 
 
-def _to_rgb(im: Image.Image, notes: list[str]) -> np.ndarray:
+def _to_rgb(im: Image.Image, notes: list[str], uri: str) -> np.ndarray:
     mode = im.mode
     if mode == "RGB":
         return np.array(im, dtype=np.uint8, order="C")
+    if mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise DecodeError(UNSUPPORTED_PIXEL_RANGE, f"{uri}: float image with NaN or infinite values")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            raise DecodeError(
+                UNSUPPORTED_PIXEL_RANGE,
+                f"{uri}: float image with values in [{low:g}, {high:g}], only [0, 1] is supported",
+            )
+        grey = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        notes.append("F (32-bit float) grey in [0, 1] scaled to 8 bits (v*255) and replicated to RGB")
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
     if mode in _SIXTEEN_BIT_GREY:
         values = np.asarray(im).astype(np.int64)
         grey = np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)

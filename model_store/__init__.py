@@ -6,8 +6,9 @@
 from .errors import ModelStoreError
 from .loading import load_clipsam, load_stage1, load_stage2
 from .manifest import FileEntry, Manifest
+from .preflight import check_profile
 from .profiles import PROFILES, Profile, get_profile
 from .store import ModelStore
 
 __all__ = ["FileEntry", "Manifest", "ModelStore", "ModelStoreError", "PROFILES", "Profile", "get_profile",
-           "load_clipsam", "load_stage1", "load_stage2"]
+           "check_profile", "load_clipsam", "load_stage1", "load_stage2"]

@@ -100,12 +100,9 @@ PROFILES: dict[str, Profile] = {
         clipsam_config=ClipSAMConfig(
             clip=ClipTapConfig(input_size=256, layers=(1, 2, 3, 4)),
             umci=UMCIConfig(vision_width=128, text_dim=64, num_layers=4, attn_dim=64),
-            # The tiny SAM is trained with dense mask prompts (tiny.sam_training). τ and α were
-            # chosen on the validation split (`tiny.build.validation_categories`): the tiny
-            # UMCI's map on unseen categories is mostly tiny numbers (defect pixels' median 0.003),
-            # so at τ = 0.5 MMR prompts only the few defects it is already sure of (test split: 39
-            # components in 30 of 192 images; at τ = 0.1, 199 in 123), and α = 0.3 gave the best
-            # validation F1-max of α ∈ {0.1, 0.2, 0.3, 0.5}.
+            # The tiny SAM is trained with dense mask prompts (tiny.sam_training); τ and α were
+            # chosen on the validation split (`tiny.recipe.validation_categories`), see
+            # docs/decisions.md, "MMR settings".
             mmr=MMRConfig(mask_prompt=True, prompt_threshold=0.1, alpha=0.3),
         ),
     ),

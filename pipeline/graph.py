@@ -22,7 +22,7 @@ from transforms.read import FAILURES, IMAGES, ReadImages
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
 from transforms.routing import split_failures
 from transforms.stages import CountResults, ModelSpec, Scored, Stage1Handler, Stage2Handler, Stage2Input
-from transforms.write import WriteParquetShards, WriteSuccessMarker
+from transforms.write import ListWrittenFiles, WriteParquetShards
 
 LOG = logging.getLogger(__name__)
 IMAGES_PER_SHARD = 5000
@@ -76,7 +76,7 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -
     records = stage2 | "ToRecord" >> beam.ParDo(
         ToRecord(run_id=settings.run_id, profile=settings.spec.profile, digests=settings.digests, store_maps=settings.store_maps)
     )
-    written = records | "WriteRecords" >> WriteParquetShards(
+    record_files = records | "WriteRecords" >> WriteParquetShards(
         join_url(settings.run_dir, "records"), RECORD_SCHEMA, settings.num_shards
     )
     failures = (
@@ -85,7 +85,7 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -
         | "FailureRows" >> beam.Map(lambda f, run_id: f.to_row(run_id), run_id=settings.run_id)
     )
     files = [
-        written,
+        record_files,
         failures | "WriteFailures" >> WriteParquetShards(join_url(settings.run_dir, "failures"), FAILURE_SCHEMA, 1),
     ]
     if settings.evaluate:
@@ -94,6 +94,6 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -
             | "EvalItems" >> beam.FlatMap(eval_items)
             | "Evaluate" >> EvaluatePerCategory(settings.run_dir, bins=settings.eval_bins)
         )
-    marker = tuple(files) | "AllWrittenFiles" >> beam.Flatten() | "Success" >> WriteSuccessMarker(settings.run_dir, settings.run_id)
-    return {"images": images, "records": records, "failures": failures, "marker": marker}
+    listing = tuple(files) | "AllWrittenFiles" >> beam.Flatten() | "ListWrittenFiles" >> ListWrittenFiles(settings.run_dir, settings.run_id)
+    return {"images": images, "records": records, "failures": failures, "listing": listing}
 

@@ -1,9 +1,7 @@
 """Console logging for the command-line entry points (run, evaluate, train_umci, the demo).
 
-Why not `logging.basicConfig`: importing Beam logs a warning through the root logger, which
-installs a bare root handler at import time, and from then on basicConfig does nothing. Our INFO
-progress lines (shards matched, images read, training loss, the tiny build) would vanish and a
-first demo run would train for minutes in silence.
+Not `logging.basicConfig`: importing Beam installs a bare root handler, after which basicConfig
+does nothing and our INFO progress lines would vanish (docs/decisions.md, "Beam and runners").
 """
 from __future__ import annotations
 

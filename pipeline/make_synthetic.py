@@ -4,8 +4,8 @@
     python -m pipeline.make_synthetic --out gs://bucket/synthetic --categories washer,my_part
 
 The images come from :mod:`tiny.synthetic`; this module only adds file-system I/O, so
-the science package stays free of fsspec (DESIGN §2). Used to train the tiny demo model on
-the training categories and to feed the pipeline's tests and demos with test categories.
+the synthetic generator stays free of fsspec (DESIGN §2). The demo and the tests use it for
+MVTec-AD-layout inputs on disk; the tiny profile build generates its images in memory instead.
 """
 from __future__ import annotations
 

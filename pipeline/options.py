@@ -7,6 +7,7 @@ Errors name the flag.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -23,10 +24,10 @@ class ClipSAMOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 (Beam's argparse wrapper)
         add = parser.add_argument
-        add("--input", help="images to score: a folder/glob of images, tar shards, an MVTec-AD root or a VisA root "
+        add("--input", help="(required) images to score: a folder/glob of images, tar shards, an MVTec-AD root or a VisA root "
             "(any fsspec URL; several URLs separated by commas)")
-        add("--output", help="output root URL; results go to <output>/<run_id>/")
-        add("--model_store", help="model store root URL (see `python -m model_store`)")
+        add("--output", help="(required) output root URL; results go to <output>/<run_id>/")
+        add("--model_store", help="(required) model store root URL (see `python -m model_store`)")
         add("--profile", default="tiny", help="model profile in the store (default: tiny)")
         add("--layout", default="auto", choices=LAYOUTS, help="input layout; auto detects MVTec-AD, VisA, tar shards or plain images")
         add("--category", default=None, help="category of every image when the layout does not say (default: from the layout, else 'object')")
@@ -49,6 +50,14 @@ class ClipSAMOptions(PipelineOptions):
             help="build and check the job graph, print it, and exit without running (works offline, any runner)")
 
 
+def absolute_local(url: str) -> str:
+    """A local path relative to the caller's working directory → absolute; URLs with a scheme
+    (gs://, s3://, file://, memory://, ...) unchanged. Worker processes may start elsewhere."""
+    if "://" in url or not url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
 def default_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
@@ -58,6 +67,9 @@ def validate(options: ClipSAMOptions) -> None:
     for flag in ("input", "output", "model_store"):
         if not getattr(options, flag):
             raise OptionError(f"--{flag} is required")
+    options.input = ",".join(absolute_local(part.strip()) for part in options.input.split(",") if part.strip())
+    options.output = absolute_local(options.output)
+    options.model_store = absolute_local(options.model_store)
     for flag in ("mask_threshold", "prompt_threshold", "alpha"):
         value = getattr(options, flag)
         if value is not None and not 0.0 <= value <= 1.0:
@@ -76,6 +88,9 @@ def validate(options: ClipSAMOptions) -> None:
         options.run_id = default_run_id()
     if not re.fullmatch(r"[A-Za-z0-9._-]+", options.run_id):
         raise OptionError(f"--run_id may only hold letters, digits, '.', '_' and '-', got {options.run_id!r}")
+    if options.run_id.startswith("."):
+        raise OptionError(f"--run_id must not start with '.' ('.' and '..' would write into or above --output), "
+                          f"got {options.run_id!r}")
 
 
 def mmr_overrides(options: ClipSAMOptions) -> dict[str, dict[str, float]]:

@@ -3,12 +3,15 @@
     python -m pipeline.run --input=gs://line-scans/2026-11-21/ --output=gs://qa/clipsam/ \\
         --model_store=gs://qa-models/clipsam/ --profile=clipsam-vitl-sam-h --runner=DataflowRunner ...
 
-Order of work: validate flags → read the model manifest → list inputs → build the graph →
-run → print a summary (and write report.html). Everything before "run" happens on the launching
-machine and fails fast with a message naming the bad flag, store or input.
+Order of work: check every flag (unknown ones too) and the runner → read the model manifest →
+probe that --output is writable → list inputs → build the graph → withdraw an earlier
+`_SUCCESS.json` → run → summary and report.html → `_SUCCESS.json`, last (`run_folder`).
+Everything before "run" happens on the launching machine and fails fast (exit 2) with one line
+naming the bad flag, store or input.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import sys
@@ -19,16 +22,20 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from inputs.layouts import KIND_IMAGE, Listing, scan_inputs
 from model_store.errors import ModelStoreError
 from model_store.store import ModelStore, join_url
-from inputs.layouts import KIND_IMAGE, list_inputs
 from transforms.progress import NAMESPACE
 from transforms.stages import ModelSpec
 
+from . import run_folder
+from .flags import check_known_flags, check_runner, check_service_locations, help_parser
 from .graph import GraphSettings, build_graph, default_num_shards
 from .logs import show_progress
 from .options import ClipSAMOptions, OptionError, mmr_overrides, validate
 from .summary import RunSummary, summarize_run
+
+LOCAL_RUNNER = "FnApiRunner"
 
 LOG = logging.getLogger("clipsam.run")
 
@@ -41,23 +48,34 @@ class PreparedRun:
     beam_options: PipelineOptions
     settings: GraphSettings
     units: list
+    skipped: dict[str, int]  # files left out on purpose at listing, by reason
 
 
 def prepare(argv: list[str]) -> PreparedRun:
     """Parse and check everything that can be checked before any work is scheduled."""
+    check_known_flags(argv)
     beam_options = PipelineOptions(argv)
     options = beam_options.view_as(ClipSAMOptions)
     validate(options)
+    check_runner(runner_name(beam_options))
+    check_service_locations(beam_options, runner_name(beam_options), options.graph_only)
     try:
         manifest = ModelStore(options.model_store).read_manifest(options.profile)
     except ModelStoreError as exc:
-        raise OptionError(f"--model_store/--profile: {exc}") from exc
-    units = list_all_inputs(options.input, options.layout, options.category)
+        raise OptionError(f"--model_store/--profile: {exc}") from None
+    run_dir = join_url(options.output, options.run_id)
+    if not options.graph_only:
+        try:
+            run_folder.probe_writable(run_dir)
+        except Exception as exc:  # fsspec back ends raise many types (PermissionError, HttpError, ...)
+            raise OptionError(f"--output: cannot write to {options.output}: {type(exc).__name__}: {exc}") from None
+    listing = scan_all_inputs(options.input, options.layout, options.category)
+    units = listing.units
     has_truth = any(getattr(u, "label", None) is not None for u in units)
     evaluate = options.evaluate == "on" or (options.evaluate == "auto" and has_truth)
     device = None if options.device == "auto" else options.device
     settings = GraphSettings(
-        run_dir=join_url(options.output, options.run_id),
+        run_dir=run_dir,
         spec=ModelSpec(options.model_store, options.profile, device, mmr_overrides(options) or None),
         digests=manifest.digests(),
         run_id=options.run_id,
@@ -69,18 +87,27 @@ def prepare(argv: list[str]) -> PreparedRun:
         pixel_limit=options.pixel_limit,
         model_copies=options.model_copies,
     )
-    return PreparedRun(options, beam_options, settings, units)
+    return PreparedRun(options, beam_options, settings, units, listing.skipped)
+
+
+def scan_all_inputs(inputs: str, layout: str, category: str | None) -> Listing:
+    """Units of every comma-separated input URL (each with its own layout detection), sorted, and
+    the files left out on purpose, by reason, summed over the URLs."""
+    units: set = set()
+    skipped: collections.Counter = collections.Counter()
+    for url in filter(None, (part.strip() for part in inputs.split(","))):
+        try:
+            listing = scan_inputs(url, layout=layout, category=category)
+        except (ValueError, OSError) as exc:
+            raise OptionError(f"--input: {exc}") from None
+        units.update(listing.units)
+        skipped.update(listing.skipped)
+    return Listing(sorted(units), dict(skipped))
 
 
 def list_all_inputs(inputs: str, layout: str, category: str | None) -> list:
-    """Units of every comma-separated input URL (each with its own layout detection), sorted."""
-    units = set()
-    for url in filter(None, (part.strip() for part in inputs.split(","))):
-        try:
-            units.update(list_inputs(url, layout=layout, category=category))
-        except (ValueError, OSError) as exc:
-            raise OptionError(f"--input: {exc}") from exc
-    return sorted(units)
+    """The units of `scan_all_inputs`."""
+    return scan_all_inputs(inputs, layout, category).units
 
 
 def graph_description(pipeline: beam.Pipeline) -> list[str]:
@@ -103,12 +130,16 @@ def beam_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return totals
 
 
+def runner_name(beam_options: PipelineOptions) -> str:
+    """--runner, or the local batch engine: Beam's default DirectRunner would first try to download
+    the Prism runner binary, which hangs or fails on machines without internet."""
+    return beam_options.view_as(StandardOptions).runner or LOCAL_RUNNER
+
+
 def run(argv: list[str]) -> RunSummary | None:
     prepared = prepare(argv)
     settings = prepared.settings
-    # Without --runner, use the local batch engine directly: Beam's DirectRunner would first try to
-    # download the Prism runner binary, which hangs or fails on machines without internet.
-    runner = prepared.beam_options.view_as(StandardOptions).runner or "FnApiRunner"
+    runner = runner_name(prepared.beam_options)
     LOG.info(
         "run %s: %d inputs from %s, profile %s, runner %s, output %s",
         settings.run_id, len(prepared.units), prepared.options.input, settings.spec.profile, runner, settings.run_dir,
@@ -118,26 +149,37 @@ def run(argv: list[str]) -> RunSummary | None:
     if prepared.options.graph_only:
         print(json.dumps({"runner": runner, "inputs": len(prepared.units), "transforms": graph_description(pipeline)}, indent=2))
         return None
+    run_folder.withdraw_success(settings.run_dir)
     start = time.monotonic()
     result = pipeline.run()
     result.wait_until_finish()
     if hasattr(result, "client"):  # DaskRunner leaves its dask.distributed client open
         result.client.close()
+    files = run_folder.written_files(settings.run_dir)
     summary = summarize_run(
         settings.run_dir,
+        files=files,
         expected_uris={u.uri for u in prepared.units if u.kind == KIND_IMAGE},
         counters=beam_counters(result),
         elapsed_s=time.monotonic() - start,
         report=prepared.options.report == "on",
+        units=prepared.units,
+        skipped=prepared.skipped,
     )
+    marker = run_folder.finish(settings.run_dir, settings.run_id, files + [v for k, v in summary.files.items() if k == "report"])
+    summary.files["success"] = marker
     print(summary.text())
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        help_parser("python -m pipeline.run (or ./run_pipeline.sh)", __doc__).print_help()
+        return 0
     show_progress()
     try:
-        summary = run(sys.argv[1:] if argv is None else argv)
+        summary = run(argv)
     except OptionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import tarfile
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -27,6 +25,8 @@ from typing import IO, Iterator
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.data.make_bad_corpus import encode, noise, png_header_only
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("FSSPEC_GS_TOKEN", "anon")
@@ -135,33 +135,6 @@ class BrokenInputs:
         return [c for c in self.cases if not c.failures]
 
 
-def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **params)
-    return buf.getvalue()
-
-
-def _noise(rng: np.random.Generator, height: int, width: int) -> Image.Image:
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width×height but holds almost no data: a decompression bomb
-    that costs nothing to create; only a reader that checks the header before decoding is safe."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload)
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     """An uncompressed tar holding `members` (name, data) in order."""
     buf = io.BytesIO()
@@ -181,7 +154,7 @@ def _exif_rotated_jpeg() -> bytes:
     pixels[:, 32:] = (0, 0, 255)
     exif = Image.Exif()
     exif[0x0112] = 6
-    return _encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes())
+    return encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes())
 
 
 @pytest.fixture
@@ -195,19 +168,19 @@ def broken_inputs(tmp_path: Path) -> BrokenInputs:
     rng = np.random.default_rng(7)
     root = tmp_path / "broken"
     root.mkdir()
-    png = _encode(_noise(rng, 64, 64), "PNG")
-    jpeg = _encode(_noise(rng, 64, 64), "JPEG", quality=90)
-    sample = _encode(_noise(rng, 40, 40), "PNG")
-    shard = tar_bytes([("s0.png", sample), ("s1.png", _encode(_noise(rng, 48, 48), "PNG"))])
+    png = encode(noise(rng, 64, 64), "PNG")
+    jpeg = encode(noise(rng, 64, 64), "JPEG", quality=90)
+    sample = encode(noise(rng, 40, 40), "PNG")
+    shard = tar_bytes([("s0.png", sample), ("s1.png", encode(noise(rng, 48, 48), "PNG"))])
     gray16 = np.linspace(0, 65535, 48 * 40).reshape(40, 48).astype(np.uint16)
-    rgba = np.concatenate([np.asarray(_noise(rng, 40, 40)), np.full((40, 40, 1), 128, np.uint8)], 2)
+    rgba = np.concatenate([np.asarray(noise(rng, 40, 40)), np.full((40, 40, 1), 128, np.uint8)], 2)
     files: list[tuple[BrokenCase, bytes]] = [
         (BrokenCase("empty.png", ("EmptyFile",)), b""),
         (BrokenCase("random.png", ("NotAnImage",)), rng.bytes(2048)),
         (BrokenCase("truncated.png", ("TruncatedImage",)), png[: len(png) // 2]),
         (BrokenCase("truncated.jpg", ("TruncatedImage",)), jpeg[: len(jpeg) * 2 // 3]),
         (BrokenCase("text.jpg", ("NotAnImage",)), b"this is a text file, not a JPEG\n"),
-        (BrokenCase("tiny.png", ("ImageTooSmall",)), _encode(_noise(rng, 16, 16), "PNG")),
+        (BrokenCase("tiny.png", ("ImageTooSmall",)), encode(noise(rng, 16, 16), "PNG")),
         (BrokenCase("huge.png", ("ImageTooLarge",)), png_header_only(20000, 20000)),
         (
             BrokenCase("corrupt.tar", ("UnreadableShard",), images=1, shape=(40, 40, 3)),
@@ -215,23 +188,23 @@ def broken_inputs(tmp_path: Path) -> BrokenInputs:
         ),
         (
             BrokenCase("gray16.png", images=1, note="I;16 grey scaled", shape=(40, 48, 3)),
-            _encode(Image.fromarray(gray16), "PNG"),
+            encode(Image.fromarray(gray16), "PNG"),
         ),
         (
             BrokenCase("rgba.png", images=1, note="alpha dropped", shape=(40, 40, 3)),
-            _encode(Image.fromarray(rgba), "PNG"),
+            encode(Image.fromarray(rgba), "PNG"),
         ),
         (
             BrokenCase("cmyk.jpg", images=1, note="mode CMYK converted", shape=(48, 48, 3)),
-            _encode(Image.new("CMYK", (48, 48), (0, 128, 255, 0)), "JPEG", quality=95),
+            encode(Image.new("CMYK", (48, 48), (0, 128, 255, 0)), "JPEG", quality=95),
         ),
         (
             BrokenCase("palette.png", images=1, note="mode P converted", shape=(40, 40, 3)),
-            _encode(_noise(rng, 40, 40).quantize(16), "PNG"),
+            encode(noise(rng, 40, 40).quantize(16), "PNG"),
         ),
         (
             BrokenCase("gray.png", images=1, note="mode L converted", shape=(40, 40, 3)),
-            _encode(_noise(rng, 40, 40).convert("L"), "PNG"),
+            encode(noise(rng, 40, 40).convert("L"), "PNG"),
         ),
         (
             BrokenCase("exif_rotated.jpg", images=1, note="EXIF orientation 6", shape=(64, 40, 3)),

@@ -348,17 +348,16 @@ def sample_shard() -> tuple[bytes, list[tuple]]:
         ("s005.png", b"not a png"),
         ("s006.png", png(40, 40)),
         ("s006.mask.png", mask_png(20, 20)),
-        ("s000.png", png(40, 40)),  # key seen before
+        ("s000.png", png(40, 40)),  # key seen before: one DuplicateKey row covers both runs
     ]
     expected = [
-        ("s000", "image", "object", 0, (40, 40, 3), 0),
+        ("s000", "failure", STAGE_READ, "DuplicateKey"),
         ("s001", "image", "widget", 1, (48, 64, 3), 64),
         ("sub/s002", "image", "gizmo", None, (36, 36, 3), None),
         ("s003", "failure", STAGE_READ, "NoImageInSample"),
         ("s004", "failure", STAGE_READ, "AmbiguousSample"),
         ("s005", "failure", STAGE_DECODE, "NotAnImage"),
         ("s006", "failure", STAGE_DECODE, "MaskSizeMismatch"),
-        ("s000", "failure", STAGE_READ, "DuplicateKey"),
     ]
     return tar_bytes(members), expected
 

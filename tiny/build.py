@@ -99,9 +99,6 @@ def deterministic_torch(threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[1])
 
 
-# ---------------------------------------------------------------------------------- data
-
-
 # ------------------------------------------------------------------------------ training
 
 

@@ -1,27 +1,22 @@
-"""A brief pretraining of the tiny CLIP on labelled synthetic images (the `tiny` profile only).
+"""Pretraining of the tiny CLIP on labelled synthetic images (the `tiny` profile only).
 
-Why this exists: ClipSAM assumes a CLIP that already knows two things: its image and text towers
-agree on what a "damaged <thing>" looks like, and its patch tokens carry what a defect looks like
-locally (that is why a few linear layers, APRIL-GAN, or UMCI can read dense maps out of them).
-A randomly initialised tiny CLIP knows neither: a linear probe on its patch tokens finds defects
-on unseen categories barely better than chance (patch AUROC ≈ 0.64), and so does one on a
-tiny CLIP pretrained with captions alone for the few minutes a CPU build can afford (≈ 0.65).
-So the pretraining has two terms, on random crops of labelled images:
+ClipSAM assumes a CLIP whose image and text towers agree on what a "damaged <thing>" looks like
+and whose patch tokens carry local defect evidence; a randomly initialised tiny CLIP has
+neither. The pretraining has two terms, on random crops of labelled images:
 
 1. captions (CLIP's own objective): every (category, state) pair of the batch is a class,
    state ∈ {normal, abnormal}; each class gets one caption drawn from the compositional
    ensemble ClipSAM uses at inference (`prompts.ensemble_sentences`); each crop's CLS embedding
    is classified against them (cross-entropy at a fixed temperature), plus a cross-entropy
    between the two captions of the crop's own category;
-2. a dense auxiliary term standing in for the scale of real CLIP pretraining: one linear head
-   per transformer block predicts, from each patch token, the fraction of the patch that is
-   defect. The heads are thrown away afterwards; they never touch the text side, so the patch
-   tokens learn to *carry* defect evidence without being aligned to the text matrix T (the
-   plain-CLIP map, patch tokens · T, stays a weak baseline and UMCI still has to learn the
-   read-out).
+2. a dense auxiliary term: one linear head per transformer block predicts, from each patch
+   token, the fraction of the patch that is defect. The heads are thrown away afterwards and
+   never touch the text side, so the patch tokens carry defect evidence without being aligned
+   to the text matrix T (UMCI still has to learn the read-out).
 
 Pretraining data must come from categories disjoint from the ones a benchmark evaluates on.
-CLIP is frozen afterwards, as ClipSAM requires.
+CLIP is frozen afterwards, as ClipSAM requires. Why the dense term and the fixed temperature:
+docs/decisions.md, "Tiny recipe".
 """
 from __future__ import annotations
 
@@ -48,19 +43,17 @@ LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClipPretrainConfig:
-    """Hyper-parameters of the pretraining (small model, about a minute on two CPU cores).
+    """Hyper-parameters of the pretraining (defaults: the `tiny` profile's recipe).
 
-    crop_size: side the crops are resized to. Crops of `crop_fraction` (min, max) of the image
-        side, resized to 128 px, show a 256-px image at about the scale of ClipSAM's 256-px input,
-        at a third of the tokens of CLIP's native 224 px. The position embedding is interpolated
-        to the crop grid and not trained: where a texture defect sits says nothing about it.
-    temperature: fixed logit scale (CLIP's initial 1/0.07). It is not learned: with a learned
-        scale the towers reach confident predictions with captions that differ by a few
-        hundredths of cosine, the ensemble-averaged normal and abnormal rows of T end up nearly
-        parallel (cos ≈ 0.998), and UMCI's softmax(100 · cos) has no room to move.
+    steps / batch_size / lr / weight_decay / warmup_steps: AdamW, linear warm-up, then cosine
+        decay to 0.
+    crop_size: side (px) the crops are resized to; crops cover `crop_fraction` (min, max) of the
+        image side. The position embedding is interpolated to the crop grid and not trained.
+    temperature: fixed logit scale of the caption term (CLIP's initial 1/0.07), not learned.
     state_weight: weight of the cross-entropy between a crop's normal and abnormal caption.
     dense_weight: weight of the auxiliary per-patch defect-fraction term (module docstring).
     invert_p: probability of inverting a crop's colours (see `recolour`).
+    seed: seed of every random choice; log_every: steps per loss-history entry and log line.
     """
 
     steps: int = 900

@@ -28,19 +28,19 @@ SAM_CHECK_CATEGORIES = 40  # made-up categories no training step saw, for the tr
 class TinyRecipe:
     """What make-tiny trains on and for how long (recorded in the manifest's provenance).
 
-    train_*: images per synthetic TRAIN category that CLIP and SAM see.
-    umci_*: images per TRAIN category that UMCI trains on, drawn from their own stream (split
-        "tiny-umci"), so none of them is an image CLIP was pretrained on: CLIP's patch tokens
-        of its own pretraining images carry what its dense head memorised, and UMCI reads
-        them too easily (measured: pixel AUROC +0.02 on the held-out categories);
-        umci_recoloured_copies: recoloured copies of each (`recoloured_copies`). UMCI runs on
-        cached CLIP tokens, so more images cost it little.
-    extra_*: made-up categories (kinds of the TRAIN categories only) and images per category,
-        used to pretrain CLIP and SAM on more palettes; UMCI never sees them, so SAM trains on
-        the stage-1 maps (and false alarms) of categories UMCI does not know.
+    image_size: side (px) of every synthetic image.
+    train_normal / train_anomalous: images per synthetic TRAIN category that CLIP and SAM see.
+    umci_normal / umci_anomalous: images per TRAIN category that UMCI trains on, from their own
+        stream (split "tiny-umci"), so that none of them is an image CLIP was pretrained on.
+    umci_recoloured_copies: recoloured copies of each UMCI image (`recoloured_copies`).
+    extra_categories / extra_normal / extra_anomalous: made-up categories (kinds of the TRAIN
+        categories only) and images per category that CLIP pretraining and SAM training also
+        see; UMCI never does, so SAM trains on stage-1 maps of categories UMCI does not know.
     paste_p: share of the made-up normal images that CLIP pretraining sees with a pasted
         anomaly (`clip_pretraining.paste_anomaly`, donor: a random image of the pretraining set).
     threads: torch threads during the build (results depend on it; 2 matches CI machines).
+    clip / sam / umci: the three trainers' configs.
+    Why these values: docs/decisions.md, "Tiny recipe".
     """
 
     image_size: int = 256
@@ -112,9 +112,8 @@ def with_pasted_anomalies(train: list, extra: list, paste_p: float, seed: int) -
 
 def recoloured_copies(samples: list, copies: int, seed: int) -> list:
     """`copies` recoloured (channel order, per-channel gain: `clip_pretraining.recolour`) and
-    rotated/flipped copies of every sample, mask moved with the image, category kept: UMCI
-    then learns a defect as "unlike its surroundings" rather than as a TRAIN palette (measured on
-    the held-out categories, one copy: pixel AUROC +0.02)."""
+    rotated/flipped copies of every sample, mask moved with the image, category kept, so that
+    UMCI learns a defect as "unlike its surroundings" rather than as a TRAIN palette."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(copies):

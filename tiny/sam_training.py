@@ -1,38 +1,24 @@
-"""A brief training of a small segment_anything `Sam` so that MMR has a SAM that segments.
+"""Training of the small segment_anything `Sam` that MMR uses in the `tiny` profile.
 
-Pretrained SAM weights cannot be downloaded where the `tiny` profile is built, and a randomly
-initialised SAM returns noise, which would make the refinement stage meaningless. This module
-trains the tiny SAM (image encoder, prompt encoder and mask decoder, all from scratch) in two
-steps. `pretrain_encoder` first teaches the image encoder alone to segment defects and blobs
-(without it the prompted training never makes SAM read the image). `train_sam` then trains the
-whole model the way SAM itself was trained, at toy scale, on the prompts MMR sends at inference:
+Every part of SAM (image encoder, prompt encoder, mask decoder) is trained from scratch, in two
+steps:
 
-- MMR's own prompts (`mmr_prompts`): the components of a real stage-1 map of the training
-  image, each with its box, its points and (with `MMRConfig.mask_prompt`) the rough map inside
-  the box as SAM's dense mask prompt; false alarms included, whose target is empty;
-- drawn prompts (`make_prompts`): a box around a defect region, loosened and jittered the way a
-  box around a blurry rough-map component is, 0-2 positive points inside, and a simulated rough
-  map (`rough_like_map`) as the dense prompt; some boxes on defect-free surface (in the tiny
-  recipe only for generic blob images and images whose map has no component);
-- the decoder predicts 3 masks per prompt (`multimask_output=True`); the best of them, by
-  loss, is trained fully (SAM's "min over levels") and the others a little, so that none is
-  left untrained for MMR's confidence-weighted fusion of all three;
-- the IoU head learns, by mean squared error, the actual IoU of each of the 3 masks, so MMR's
-  softmax over predicted IoUs favours the mask that fits.
+1. `pretrain_encoder`: the image encoder alone learns to segment defects and generic blobs from
+   the image, through a throw-away head;
+2. `train_sam`: the whole model learns prompted segmentation on the prompts MMR sends:
+   - MMR's own prompts (`mmr_prompts`): the components of the image's stage-1 map, each with its
+     box, its points and (with `MMRConfig.mask_prompt`) the rough map inside the box as dense
+     mask prompt; false alarms included, with an empty target;
+   - drawn prompts (`make_prompts`): a loosened, jittered box around a defect region (or on
+     defect-free surface), 0..`max_points` positive points, and a simulated rough map
+     (`rough_like_map`) as dense mask prompt.
+   The decoder predicts 3 masks per prompt (`multimask_output=True`); `prompt_losses` trains the
+   best of them fully and all three a little, and the IoU head regresses each mask's actual IoU.
 
-Data: defect images (masks from the synthetic generator or any labelled set) plus generic random
-blobs on smooth backgrounds, so the model learns "the odd region inside the box" rather than
-one defect catalogue.
-
-Why a dense mask prompt: a box reaches the mask decoder only through attention between
-positional encodings, which a from-scratch decoder learns slowly (measured: box-only training
-for the build's few minutes reached a defect IoU of 0.00-0.23). The dense prompt is added to the
-image embedding at every position, so "refine this blob with what the image shows" is learnt in
-a few hundred steps. Why the loss is not SAM's 20 · focal(α = 0.25) + dice: defects cover ~1 %
-of an image and α = 0.25 weights their pixels three times less than the background; a model
-trained from scratch for a few minutes then settles on the empty mask. Plain pixel BCE + a
-dice-like overlap term that weighs missed defect pixels more (`tversky_loss`), on masks upsampled
-to the image frame (where thin scratches still have full-width pixels), learns the region instead.
+Data: labelled defect images (any source) plus generic random blobs (`random_blob`). Images,
+masks and boxes are in SAM's input frame S × S (boxes (x0, y0, x1, y1) at pixel edges, points
+(x, y)); dense mask prompts are logits in SAM's low-resolution mask frame m × m.
+Why a dense prompt, an encoder pretraining step and this loss: docs/decisions.md, "SAM training".
 """
 from __future__ import annotations
 
@@ -61,39 +47,34 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 class SamTrainConfig:
     """Hyper-parameters of the tiny SAM's training (defaults: the `tiny` profile's recipe).
 
+    steps / prompts_per_image: `train_sam`'s optimiser steps and prompts per image.
+    batch_size / weight_decay: images per step and AdamW weight decay, in both training steps.
+    lr / warmup_steps: `train_sam`'s schedule (linear warm-up, then cosine decay to 0); `lr` is
+        the peak rate of every part but the image encoder.
+    encoder_lr: peak learning rate of the image encoder in `train_sam`; low, so that it keeps what
+        `pretrain_encoder` taught it.
+    encoder_pretrain_steps / encoder_pretrain_lr / encoder_pretrain_blob_p: `pretrain_encoder`'s
+        steps, encoder learning rate (constant) and share of generic-blob images.
+    pixel_weight / dice_weight / iou_weight: weights of the pixel BCE, the overlap term
+        (`tversky_loss`) and the IoU head's squared error in `prompt_losses`.
+    miss_weight: weight in [0, 1] of missed defect pixels in the overlap term (0.5: dice; above
+        0.5 a missed defect pixel costs more than an extra one).
+    level_weight: weight of the mean mask loss over all 3 levels, added to the best level's (MMR
+        fuses all three levels, so none may stay untrained).
     box_loosen: (min, max) fraction of the box side added on every side, drawn per prompt
-        (rough-map components are blurred by the 16-px CLIP grid, so their boxes are loose).
+        (rough-map components are blurred by the CLIP patch grid, so their boxes are loose).
     box_pad_px: (min, max) pixels added on every side on top of `box_loosen`.
     box_jitter: std of each box edge's random shift, as a fraction of the box side.
-    max_points: up to this many positive points per prompt (uniform 0..max_points).
+    max_points: up to this many positive points per drawn prompt (uniform 0..max_points).
     blob_p: share of training images that are generic random blobs instead of data samples.
-    negative_p: share of drawn prompts that are boxes on random surface (target: the defect
-        inside, usually nothing); with a dense mask prompt they carry a rough-map-like blob
-        there, a false alarm SAM has to turn down.
-    mask_prompt_p: share of drawn prompts that also carry a dense mask prompt made to look like
-        a rough map (`rough_like_map`), as MMR sends with `MMRConfig.mask_prompt`.
-    mmr_prompt_p: share of data images (those with a stage-1 map) whose prompts are MMR's own,
-        drawn from that map by `mmr.extract_prompts` (`mmr_prompts`), false alarms included.
-        1.0 (the recipe): `rough_like_map` imitates maps thresholded at τ = 0.5, not the low τ
-        the tiny profile prompts at, so only blob images and images without a component get
-        drawn prompts.
-    rough_grid: patch grid of the simulated rough maps.
-    encoder_lr: peak learning rate of the image encoder in `train_sam` (`lr` is the rest's): low,
-        so the prompted training keeps what `pretrain_encoder` taught it (measured on the test
-        categories' MMR components, best-of-3 IoU real vs flat-grey images: 0.506 vs 0.471 at 1e-4,
-        0.461 vs 0.460 at 3e-4, 0.490 vs 0.476 frozen).
-    encoder_pretrain_steps / encoder_pretrain_lr / encoder_pretrain_blob_p: `pretrain_encoder`'s
-        steps, encoder learning rate and share of generic-blob images.
-    pixel_weight / dice_weight / iou_weight: the terms of the loss.
-    miss_weight: weight of missed defect pixels in the overlap term (Tversky; 0.5 is dice, the
-        rest weighs false positives). Above 0.5 because MMR prompts at a low τ, where a component
-        is a loose region around a defect and a SAM trained with dice keeps only its core
-        (measured with the tiny profile's τ = 0.1, 0.5 → 0.75: `make-tiny`'s defect IoU in the box
-        0.395 → 0.438, the rough map's being 0.388; validation F1-max / AP of the final map
-        0.3190 / 0.2703 → 0.3194 / 0.2717; 0.9 was lower on validation AP).
-    level_weight: weight of the mean mask loss over all 3 levels, added to the best level's (SAM
-        trains the best level only; MMR fuses all three by predicted IoU, and an untrained level
-        then adds a grey haze over the whole image to every prompted map).
+    negative_p: share of drawn prompts that are boxes on random surface (target: whatever defect
+        they cover, usually nothing; prior: the ellipse inscribed in the box, a false alarm).
+    mask_prompt_p: share of drawn prompts that carry a dense mask prompt (`rough_like_map`);
+        none unless `MMRConfig.mask_prompt`.
+    mmr_prompt_p: share of data images with a stage-1 map whose prompts are MMR's own
+        (`mmr_prompts`); the others, and images whose map has no component, get drawn prompts.
+    rough_grid: patch grid side of the simulated rough maps.
+    seed: seed of every random choice; log_every: steps per loss-history entry and log line.
     """
 
     steps: int = 400
@@ -487,17 +468,14 @@ class PromptSampler:
 
 def pretrain_encoder(sam: Sam, samples: Sequence[LabelledImage], config: SamTrainConfig,
                      log: Callable[[str], None] = LOG.info) -> list[float]:
-    """Teach the image encoder to see odd regions before SAM's prompted training; returns the
-    mean loss of every `log_every` steps.
+    """Teach the image encoder to segment defects and blobs from the image alone, before
+    `train_sam`; returns the mean loss of every `log_every` steps.
 
-    Why: with a dense mask prompt in every training prompt, a from-scratch SAM learns to reshape
-    the prompt and never reads the image (measured: the same mask IoU on the test categories'
-    MMR components with every image replaced by flat grey). A throw-away 1×1 head on the
-    encoder's embedding, pixel-shuffled to SAM's low-resolution mask grid, is trained here to
-    segment the defects of `samples` and generic blobs (`encoder_pretrain_blob_p`) from the image
-    alone (BCE + dice; the head learns 10× faster than the encoder, which otherwise sits on the
-    empty mask for hundreds of steps). The embedding then carries where, inside each 16-px patch,
-    something differs from its surroundings, which the mask decoder can combine with the prompts.
+    A throw-away 1×1 head on the embedding [B, C, h, w], pixel-shuffled to SAM's low-resolution
+    mask grid m × m, is trained with the encoder (BCE + dice against the area-averaged mask; the
+    head at 10× the encoder's learning rate) on `samples` and, for a share
+    `encoder_pretrain_blob_p`, generic blobs. Only the encoder's weights are kept. Why this step
+    exists: docs/decisions.md, "SAM training".
     """
     rng = np.random.default_rng(config.seed + 1)
     encoder = sam.image_encoder

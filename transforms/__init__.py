@@ -3,7 +3,7 @@ from .evaluate import EvaluatePerCategory
 from .read import ReadImages
 from .records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
 from .stages import ModelSpec, Stage1Handler, Stage2Handler
-from .write import WriteParquetShards, WriteSuccessMarker
+from .write import ListWrittenFiles, WriteParquetShards
 
 __all__ = ["EvaluatePerCategory", "FAILURE_SCHEMA", "ModelSpec", "RECORD_SCHEMA", "ReadImages", "Stage1Handler",
-           "Stage2Handler", "ToRecord", "WriteParquetShards", "WriteSuccessMarker"]
+           "Stage2Handler", "ToRecord", "WriteParquetShards", "ListWrittenFiles"]

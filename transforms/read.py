@@ -15,7 +15,7 @@ from apache_beam.pvalue import PBegin, PCollection
 
 from inputs.decode import DEFAULT_MIN_SIDE, DEFAULT_PIXEL_LIMIT
 from inputs.elements import Failure, ImageElement
-from inputs.layouts import InputUnit, list_inputs
+from inputs.layouts import InputUnit, scan_inputs
 from inputs.reader import DecodeLimits, read_unit
 
 from .progress import ProgressLog
@@ -73,10 +73,10 @@ class ReadImages(beam.PTransform):
         pixel_limit: int = DEFAULT_PIXEL_LIMIT,
         min_side: int = DEFAULT_MIN_SIDE,
     ) -> "ReadImages":
-        """List `url` now (see `list_inputs`) and read what it holds."""
-        units = list_inputs(url, layout=layout, category=category, split=split)
-        logger.info("input %s: %d units", url, len(units))
-        return cls(units, pixel_limit=pixel_limit, min_side=min_side)
+        """List `url` now (see `inputs.layouts.scan_inputs`) and read what it holds."""
+        listing = scan_inputs(url, layout=layout, category=category, split=split)
+        logger.info("input %s: %d units, skipped on purpose: %s", url, len(listing.units), listing.skipped or "none")
+        return cls(listing.units, pixel_limit=pixel_limit, min_side=min_side)
 
     def expand(self, pbegin: PBegin) -> dict[str, PCollection]:
         read = (

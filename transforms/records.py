@@ -85,11 +85,9 @@ def map_png(final_map: np.ndarray, max_side: int = MAP_PNG_MAX_SIDE) -> bytes:
     """M as a 16-bit grayscale PNG, long side at most `max_side`, level = round(65535 · u(M)) where
     u is the evaluation's log-odds scale (`score_units`; `read_map_png` inverts it).
 
-    Why not round(65535 · M): trained maps are softmaxes at CLIP's logit scale and most of their
-    pixels rank among themselves far below 1e-5, where 65,536 equal steps of [0, 1] would turn
-    them into ties; and 8 bits would do so even for maps that span a small part of [0, 1]
-    (measured: recomputed pixel AUROC fell from 0.98 to 0.82 on one category). 16-bit PNGs of
-    ≤ 256-px maps stay small (a few tens of kB). The stored map is resized on the log-odds scale.
+    Why not round(65535 · M): trained maps rank most of their pixels far below 1e-5, where equal
+    steps of [0, 1] would make them ties (docs/decisions.md, "Metrics and binning"). 16-bit PNGs
+    of ≤ 256-px maps stay small (a few tens of kB). The stored map is resized on the log-odds scale.
     """
     height, width = final_map.shape
     values = score_units(final_map)

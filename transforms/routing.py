@@ -1,9 +1,8 @@
 """Separating failures from good elements without multi-output DoFns.
 
 Stages emit either a good element or a `Failure` on their single output; two cheap filters then
-route them. Tagged outputs (`with_outputs`) would do the same in one step, but Beam's DaskRunner
-does not keep tagged outputs apart, and this form runs the same on every runner (the filters
-fuse with the producing step, so nothing is materialised twice).
+route them; the filters fuse with the producing step, so nothing is materialised twice. Not
+tagged outputs (`with_outputs`): Beam's DaskRunner does not keep them apart (docs/decisions.md).
 """
 from __future__ import annotations
 

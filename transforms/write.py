@@ -78,20 +78,24 @@ class WriteParquetShards(beam.PTransform):
         )
 
 
-def _write_success(urls: list[str], run_dir: str, run_id: str) -> str:
-    marker = f"{run_dir.rstrip('/')}/_SUCCESS.json"
-    with fsspec.open(marker, "w", encoding="utf-8") as handle:
+WRITTEN_FILES = ".written-files.json"
+
+
+def _record_written(urls: list[str], run_dir: str, run_id: str) -> str:
+    listing = f"{run_dir.rstrip('/')}/{WRITTEN_FILES}"
+    with fsspec.open(listing, "w", encoding="utf-8") as handle:
         json.dump({"run_id": run_id, "files": sorted(urls)}, handle, indent=2)
-    LOG.info("run %s complete: %d files listed in %s", run_id, len(urls), marker)
-    return marker
+    LOG.info("run %s wrote %d files (listed in %s)", run_id, len(urls), listing)
+    return listing
 
 
-class WriteSuccessMarker(beam.PTransform):
-    """File URLs written by every sink → `<run_dir>/_SUCCESS.json`, written once, after all of them.
+class ListWrittenFiles(beam.PTransform):
+    """File URLs written by every sink → `<run_dir>/.written-files.json`, once, after all of them.
 
-    A nightly consumer can wait for this one file instead of guessing when a run is complete.
-    It also joins every branch of the graph into one final step, which runners that compute
-    only the last transform's lineage (Beam's DaskRunner) need to execute every sink.
+    The launcher reads it after the job to write the report and then `_SUCCESS.json`
+    (`pipeline.run_folder`), which lists exactly these files. It also joins every branch of the
+    graph into one final step, which runners that compute only the last transform's lineage
+    (Beam's DaskRunner) need to execute every sink.
     """
 
     def __init__(self, run_dir: str, run_id: str) -> None:
@@ -102,5 +106,5 @@ class WriteSuccessMarker(beam.PTransform):
         return (
             urls
             | "AllFiles" >> beam.combiners.ToList()
-            | "WriteMarker" >> beam.Map(_write_success, run_dir=self.run_dir, run_id=self.run_id)
+            | "ListFiles" >> beam.Map(_record_written, run_dir=self.run_dir, run_id=self.run_id)
         )
