@@ -51,7 +51,8 @@ class MMRConfig:
     box_padding: int = 4  # pixels added on each side of a component's box
     max_components: int = 32  # bounds one image's decoder batch; the largest are kept
     add_centroid_point: bool = True
-    # Also hand SAM each component's rough map as its dense mask prompt (SAM's `mask_input`,
+    # PROJECT EXTENSION for the tiny SAM, not in the paper (whose prompts are boxes and points):
+    # also hand SAM each component's rough map as its dense mask prompt (SAM's `mask_input`,
     # logits in its low-resolution mask frame): mask_prompt_gain · (logit(M_clip) − logit(τ)),
     # clipped to ±mask_prompt_clamp, and −mask_prompt_clamp outside the box
     # (`mmr.mask_prompt_logits`). Off in the paper's setting (box + points only); on only for a

@@ -7,6 +7,7 @@ component; each image costs one decoder call.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -21,6 +22,8 @@ from .mmr import (ComponentPrompt, cells_in_boxes, extract_prompts, fuse_with_ro
                   pack_prompts, union_of_components)
 from .sam_adapter import SamAdapter, SamEmbedding
 from .stage1 import RoughResult, upsample_map
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,15 +75,20 @@ class MMRRefiner:
         """RGB uint8 images [H, W, 3] and their RoughResults → one Prediction each, in the image frame.
         One encoder pass over the prompted images, one decoder call per prompted image."""
         start = time.perf_counter()
+        calls = (self.sam.encoder_calls, self.sam.decoder_calls)
+        split = dict.fromkeys(("prompts", "encoder", "decoder", "union", "fusion"), 0.0)
         full_maps = [upsample_map(r.rough_map, img.shape[:2]) for img, r in zip(images, rough)]
         prompts = [extract_prompts(m, self.config) for m in full_maps]
         prompted = [i for i, p in enumerate(prompts) if p]
         sam_outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        split["prompts"] = time.perf_counter() - start
         with autocast(self.sam.device):
             embeddings = self.sam.embed([images[i] for i in prompted])
+            split["encoder"] = time.perf_counter() - start - split["prompts"]
             for i, embedding in zip(prompted, embeddings):
-                sam_outputs[i] = self.sam_map(embedding, full_maps[i], prompts[i])
+                sam_outputs[i] = self.sam_map(embedding, full_maps[i], prompts[i], split=split)
         per_image_ms = (time.perf_counter() - start) * 1000.0 / max(1, len(images))
+        fusion_start = time.perf_counter()
         threshold = self.config.effective_mask_threshold
         predictions = []
         for i, (full, result) in enumerate(zip(full_maps, rough)):
@@ -102,15 +110,29 @@ class MMRRefiner:
                     stage2_ms=per_image_ms,
                 )
             )
+        split["fusion"] = time.perf_counter() - fusion_start
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug("stage 2 on %d images (%d prompted, %d components): %d encoder passes, %d decoder calls; "
+                      "seconds: %s", len(images), len(prompted), sum(len(p) for p in prompts),
+                      self.sam.encoder_calls - calls[0], self.sam.decoder_calls - calls[1],
+                      ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
         return predictions
 
-    def sam_map(self, embedding: SamEmbedding, rough_map: np.ndarray, prompts: list[ComponentPrompt]
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def sam_map(self, embedding: SamEmbedding, rough_map: np.ndarray, prompts: list[ComponentPrompt],
+                split: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One image's components through SAM in one decoder call → (M_sam float32 [H, W] in [0, 1],
-        SAM's predicted IoU float32 [N, 3]). rough_map: float [H, W] in the image frame."""
+        SAM's predicted IoU float32 [N, 3]). rough_map: float [H, W] in the image frame. `split`:
+        seconds spent are added to its "decoder" (prompts + decoder) and "union" (upsampling the
+        masks and their union) entries."""
+        start = time.perf_counter()
         boxes, points, labels = pack_prompts(prompts)
         masks = self.sam.decode(embedding, boxes, points, labels, self.dense_prompts(embedding, rough_map, prompts))
-        return union_of_components(self.sam.level_probabilities(masks), embedding.original_size), masks.scores
+        decoded = time.perf_counter()
+        union = union_of_components(self.sam.level_probabilities(masks), embedding.original_size)
+        if split is not None:
+            split["decoder"] += decoded - start
+            split["union"] += time.perf_counter() - decoded
+        return union, masks.scores
 
     def dense_prompts(self, embedding: SamEmbedding, rough_map: np.ndarray,
                       prompts: list[ComponentPrompt]) -> np.ndarray | None:

@@ -5,6 +5,15 @@ which store, what to run), not with a torch traceback deep inside unpickling.
 """
 from __future__ import annotations
 
+MAX_REASON_CHARS = 300
+
+
+def one_line(text: object, limit: int = MAX_REASON_CHARS) -> str:
+    """`text` with its whitespace runs (newlines included) collapsed to one space, cut at `limit`
+    characters: for quoting an inner exception inside a one-line error message."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
 
 class ModelStoreError(RuntimeError):
     """Base class of every model store error."""
@@ -28,6 +37,10 @@ class MissingWeightFileError(ModelStoreError):
 
 class ChecksumMismatchError(ModelStoreError):
     """A file's sha256 (or size) differs from the manifest's."""
+
+
+class CacheError(ModelStoreError):
+    """The local weights cache cannot be written, or a path in it resolves outside the cache."""
 
 
 class CorruptCheckpointError(ModelStoreError):

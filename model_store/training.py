@@ -8,7 +8,7 @@ builds UMCI either fresh (seeded) or from the store.
 Publishing writes a new manifest for the output profile: the base profile's CLIP and SAM files
 (copied when the output is another profile; unchanged when it replaces the base's UMCI), the new
 UMCI file, the method config with the training input size, and the training's provenance. The
-UMCI file is named after its content (`umci_<sha256[:16]>.pt`), so a reader holding the old
+UMCI file is named after its content (`umci_<sha256[:16]>.safetensors`), so a reader holding the old
 manifest never meets a file that changed under it.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def training_mapper(url: str, base: Manifest, device: str, init: str = "fresh", 
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     store, config = ModelStore(url), ClipSAMConfig.from_dict(base.clipsam_config)
-    clip = load_weights(build_clip(base.clip_config), store, base, "clip")
+    clip = load_weights(lambda: build_clip(base.clip_config), store, base, "clip")
     if init == "profile":
         umci = load_weights(UMCI(config.umci), store, base, "umci")
     else:
@@ -67,9 +67,9 @@ def require_umci(manifest: Manifest, store_url: str) -> None:
 
 
 def save_umci(umci: torch.nn.Module, directory: Path) -> Path:
-    """Save UMCI as a plain state dict of contiguous CPU tensors named after its sha256."""
-    saved = save_state(umci, directory / "umci.pt")
-    path = directory / f"umci_{sha256_file(saved)[:16]}.pt"
+    """Save UMCI's weights as `umci_<sha256[:16]>.safetensors` in `directory` (named after its content)."""
+    saved = save_state(umci, directory / "umci.safetensors")
+    path = directory / f"umci_{sha256_file(saved)[:16]}.safetensors"
     os.replace(saved, path)
     return path
 

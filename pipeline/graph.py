@@ -43,6 +43,7 @@ class GraphSettings:
     eval_bins: int
     pixel_limit: int
     model_copies: int
+    random_weights: bool = False  # the store holds make-random weights: scores mean nothing
 
 
 def default_num_shards(num_inputs: int) -> int:
@@ -74,7 +75,8 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -
         "Stage2",
     )
     records = stage2 | "ToRecord" >> beam.ParDo(
-        ToRecord(run_id=settings.run_id, profile=settings.spec.profile, digests=settings.digests, store_maps=settings.store_maps)
+        ToRecord(run_id=settings.run_id, profile=settings.spec.profile, digests=settings.digests, store_maps=settings.store_maps,
+                 random_weights=settings.random_weights)
     )
     record_files = records | "WriteRecords" >> WriteParquetShards(
         join_url(settings.run_dir, "records"), RECORD_SCHEMA, settings.num_shards

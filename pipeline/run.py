@@ -24,7 +24,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from inputs.layouts import KIND_IMAGE, Listing, scan_inputs
 from model_store.errors import ModelStoreError
-from model_store.store import ModelStore, join_url
+from model_store.preflight import check_profile
+from model_store.random_store import is_random
+from model_store.store import join_url
 from transforms.progress import NAMESPACE
 from transforms.stages import ModelSpec
 
@@ -60,7 +62,7 @@ def prepare(argv: list[str]) -> PreparedRun:
     check_runner(runner_name(beam_options))
     check_service_locations(beam_options, runner_name(beam_options), options.graph_only)
     try:
-        manifest = ModelStore(options.model_store).read_manifest(options.profile)
+        manifest = check_profile(options.model_store, options.profile)
     except ModelStoreError as exc:
         raise OptionError(f"--model_store/--profile: {exc}") from None
     run_dir = join_url(options.output, options.run_id)
@@ -86,6 +88,7 @@ def prepare(argv: list[str]) -> PreparedRun:
         eval_bins=options.eval_bins,
         pixel_limit=options.pixel_limit,
         model_copies=options.model_copies,
+        random_weights=is_random(manifest),
     )
     return PreparedRun(options, beam_options, settings, units, listing.skipped)
 
@@ -144,6 +147,9 @@ def run(argv: list[str]) -> RunSummary | None:
         "run %s: %d inputs from %s, profile %s, runner %s, output %s",
         settings.run_id, len(prepared.units), prepared.options.input, settings.spec.profile, runner, settings.run_dir,
     )
+    if settings.random_weights:
+        LOG.warning("profile %s at %s holds RANDOM weights (make-random): scores mean nothing",
+                    settings.spec.profile, prepared.options.model_store)
     pipeline = beam.Pipeline(runner=runner, options=prepared.beam_options)
     build_graph(pipeline, prepared.units, settings)
     if prepared.options.graph_only:
@@ -165,6 +171,7 @@ def run(argv: list[str]) -> RunSummary | None:
         report=prepared.options.report == "on",
         units=prepared.units,
         skipped=prepared.skipped,
+        random_weights=settings.random_weights,
     )
     marker = run_folder.finish(settings.run_dir, settings.run_id, files + [v for k, v in summary.files.items() if k == "report"])
     summary.files["success"] = marker

@@ -22,6 +22,8 @@ from clipsam.metrics import SCORE_METRICS
 from model_store.store import join_url
 
 SUMMARY_COLUMNS = ["image_id", "source_uri", "category", "image_score", "sam_used", "anomaly_area_fraction"]
+RANDOM_WEIGHTS_NOTE = ("the model store holds RANDOM weights (python -m model_store make-random): these scores, "
+                       "masks and metrics mean nothing; use them for benchmarks and plumbing checks only")
 
 
 def read_rows(run_dir: str, kind: str, columns: list[str] | None = None,
@@ -54,6 +56,7 @@ class RunSummary:
     missing: list[str] = field(default_factory=list)  # listed inputs with no record and no failure row
     files: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # files left out on purpose at listing, by reason
+    random_weights: bool = False  # the model store held make-random weights: the scores mean nothing
 
     def text(self) -> str:
         lines = [
@@ -68,6 +71,8 @@ class RunSummary:
             mean = self.metrics.get("dataset", {}).get("mean", {})
             if mean:
                 lines.append("  dataset mean: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(mean.items()) if v is not None))
+        if self.random_weights:
+            lines.append(f"  WARNING: {RANDOM_WEIGHTS_NOTE}")
         if self.skipped:
             lines.append(f"  skipped on purpose at listing: {_fmt_counts(self.skipped)}")
         if self.missing:
@@ -118,13 +123,16 @@ def lost_inputs(units: Iterable[Any], expected_uris: Iterable[str], source_uris:
 def summarize_run(
     run_dir: str, *, files: list[str], expected_uris: set[str], counters: dict[str, int], elapsed_s: float,
     report: bool, units: Optional[Iterable[Any]] = None, skipped: Optional[dict[str, int]] = None,
+    random_weights: bool = False,
 ) -> RunSummary:
     """Read a finished run back: only `files`, the URLs this run wrote (a folder reused by an
     earlier run may still hold others). `expected_uris`: the image files listed at launch; any of
     them with neither a record nor a failure row is reported as missing (a runner lost it).
     `units` (optional): every listed `InputUnit`, repeats included, so that tar shards and
     repeated listings are checked too (`lost_inputs`). `skipped` (optional): files left out on
-    purpose at listing, by reason (`inputs.layouts.Listing.skipped`), printed and reported."""
+    purpose at listing, by reason (`inputs.layouts.Listing.skipped`), printed and reported.
+    `random_weights`: the store's weights came from `make-random`; the summary and the report
+    say that the scores mean nothing."""
     records = read_rows(run_dir, "records", SUMMARY_COLUMNS, files)
     failures = read_rows(run_dir, "failures", None, files)
     source_uris = [r["source_uri"] for r in records] + [f["source_uri"] for f in failures]
@@ -149,6 +157,7 @@ def summarize_run(
             "metrics": metrics_url,
         },
         skipped=dict(sorted((skipped or {}).items())),
+        random_weights=random_weights,
     )
     if report:
         summary.files["report"] = write_report(summary, records, failures)
@@ -156,7 +165,8 @@ def summarize_run(
 
 
 def write_report(summary: RunSummary, records: list[dict], failures: list[dict]) -> str:
-    """A single self-contained HTML page: counts, metrics per category, top anomalies, failures."""
+    """A single self-contained HTML page: counts, metrics per category, top anomalies, failures; a
+    banner at the top when the run used random weights."""
     esc = html.escape
     top = sorted(records, key=lambda r: -r["image_score"])[:25]
     parts = [
@@ -164,6 +174,8 @@ def write_report(summary: RunSummary, records: list[dict], failures: list[dict])
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style>",
         f"<h1>ClipSAM run {esc(summary.run_dir)}</h1>",
+        *([f"<p class='random' style='background:#c00;color:#fff;padding:1em;font-size:1.3em'><b>RANDOM WEIGHTS</b>: "
+           f"{esc(RANDOM_WEIGHTS_NOTE)}.</p>"] if summary.random_weights else []),
         f"<p>{summary.num_records} records, {summary.num_failures} failures, SAM used on {summary.sam_used} images, "
         f"{summary.elapsed_s:.1f} s.</p>",
         "<h2>Images per category</h2>",

@@ -43,3 +43,14 @@ def tiny_model(tiny_store: str):
     from model_store import load_clipsam
 
     return load_clipsam(tiny_store, "tiny", device="cpu")[0]
+
+
+@pytest.fixture(scope="session")
+def untrained_store(tmp_path_factory: pytest.TempPathFactory, isolated_weight_cache: Path) -> str:
+    """Root URL of a store with the `tiny` profile's seeded random weights (seconds to build):
+    for tests of the plumbing, where what the models say does not matter."""
+    from tiny.build import make_tiny
+
+    root = tmp_path_factory.mktemp("untrained-store")
+    make_tiny(str(root), trained=False, use_cache=False)
+    return str(root)

@@ -188,6 +188,23 @@ def test_whole_corpus_in_one_beam_pipeline(corpus):
     assert counter(result, "read_ok") == len(rows) - failures
 
 
+def test_whole_corpus_through_the_whole_job(corpus, untrained_store, tmp_path):
+    """The same corpus through `pipeline.run` (both model stages, writers, accounting): every
+    listing, file and tar sample is exactly one record or failure row, and none is lost."""
+    from pipeline.run import run
+
+    root, expected = corpus
+    inputs = ",".join(str(root / name) for name in expected["inputs"])
+    summary = run([f"--input={inputs}", f"--output={tmp_path}", f"--model_store={untrained_store}",
+                   f"--pixel_limit={PIXEL_LIMIT}", "--run_id=bad", "--runner=FnApiRunner", "--batch_size=4",
+                   "--eval=off", "--report=off"])
+    rows = len(expected["expected"])
+    assert summary.num_records + summary.num_failures == rows
+    assert summary.missing == []
+    want = collections.Counter(result[1] for _, _, result in expected["expected"] if result[0] == "failure")
+    assert summary.failures_by_type == dict(want)
+
+
 # ----------------------------------------------------------------------------- run summary
 def test_lost_inputs_count_tar_samples_and_listings():
     shard = "file:///d/s#1.tar"  # a '#' in the shard's own name

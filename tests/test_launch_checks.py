@@ -1,7 +1,7 @@
 """What the launcher refuses before any work (exit 2, one line naming the flag), and how a run
 folder is rewritten: `_SUCCESS.json` never lists files of two runs, nor misses a file it holds.
 
-The runs here use the seconds-long untrained tiny store: these tests are about the plumbing.
+The runs here use the seconds-long untrained tiny store (`untrained_store`): they test the plumbing.
 """
 from __future__ import annotations
 
@@ -21,15 +21,6 @@ from pipeline.summary import read_rows
 from .conftest import REPO
 
 MVTEC = REPO / "tests" / "data" / "real" / "mvtec_ad_256"
-
-
-@pytest.fixture(scope="module")
-def plumbing_store(tmp_path_factory) -> str:
-    from tiny.build import make_tiny
-
-    root = tmp_path_factory.mktemp("untrained-store")
-    make_tiny(str(root), trained=False, use_cache=False)
-    return str(root)
 
 
 @pytest.fixture()
@@ -61,30 +52,30 @@ def _base(store: str, out: Path) -> list[str]:
         ("--mask_threshold=1.5", "--mask_threshold must be in [0, 1]"),
     ],
 )
-def test_bad_flags_exit_2_before_any_work(flag, message, plumbing_store, tmp_path, capsys, no_model_loading):
+def test_bad_flags_exit_2_before_any_work(flag, message, untrained_store, tmp_path, capsys, no_model_loading):
     out = tmp_path / "out"
-    assert main(_base(plumbing_store, out) + [flag]) == 2
+    assert main(_base(untrained_store, out) + [flag]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {err[0][7:]}"] and message in err[0]  # one line
     assert not out.exists()
 
 
-def test_beam_and_runner_flags_still_pass(plumbing_store, tmp_path, capsys, no_model_loading):
-    argv = _base(plumbing_store, tmp_path / "out") + [
+def test_beam_and_runner_flags_still_pass(untrained_store, tmp_path, capsys, no_model_loading):
+    argv = _base(untrained_store, tmp_path / "out") + [
         "--direct_running_mode=multi_processing", "--direct_num_workers=2", "--experiments=foo", "--graph_only"]
     assert main(argv) == 0
     assert "ReadImages" in capsys.readouterr().out
 
 
-def test_unwritable_output_is_found_at_launch(plumbing_store, tmp_path, capsys, no_model_loading):
+def test_unwritable_output_is_found_at_launch(untrained_store, tmp_path, capsys, no_model_loading):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert main(_base(plumbing_store, blocker / "out")) == 2
+    assert main(_base(untrained_store, blocker / "out")) == 2
     assert "--output: cannot write to" in capsys.readouterr().err
 
 
-def test_dataflow_graph_only_with_a_bad_bucket_is_a_clear_error(plumbing_store, tmp_path, capsys, no_model_loading):
-    argv = _base(plumbing_store, tmp_path / "out") + [
+def test_dataflow_graph_only_with_a_bad_bucket_is_a_clear_error(untrained_store, tmp_path, capsys, no_model_loading):
+    argv = _base(untrained_store, tmp_path / "out") + [
         "--runner=DataflowRunner", "--project=fake-project", "--region=us-central1",
         "--temp_location=gs://Not_A_Bucket/tmp", "--graph_only"]
     start = time.monotonic()
@@ -129,13 +120,13 @@ def _run(store: str, out: Path, *extra: str) -> object:
     return run(_base(store, out) + ["--run_id=night", "--runner=FnApiRunner", "--batch_size=4", *extra])
 
 
-def test_rerun_with_fewer_shards_and_without_eval_leaves_one_runs_files(plumbing_store, tmp_path):
+def test_rerun_with_fewer_shards_and_without_eval_leaves_one_runs_files(untrained_store, tmp_path):
     out = tmp_path / "out"
-    first = _run(plumbing_store, out, "--num_shards=3", "--eval=on")
+    first = _run(untrained_store, out, "--num_shards=3", "--eval=on")
     run_dir = out / "night"
     assert {"metrics.json", "records-00002-of-00003.parquet", "report.html"} <= _output_files(run_dir)
     _assert_consistent(run_dir)
-    second = _run(plumbing_store, out, "--num_shards=1", "--eval=off")
+    second = _run(untrained_store, out, "--num_shards=1", "--eval=off")
     _assert_consistent(run_dir)
     names = _output_files(run_dir)
     assert "metrics.json" not in names and not any("of-00003" in n for n in names)
@@ -145,12 +136,12 @@ def test_rerun_with_fewer_shards_and_without_eval_leaves_one_runs_files(plumbing
     assert "report.html" in {Path(u).name for u in _listed(run_dir)["files"]}
 
 
-def test_rerun_killed_mid_write_leaves_no_marker_over_mixed_files(plumbing_store, tmp_path):
+def test_rerun_killed_mid_write_leaves_no_marker_over_mixed_files(untrained_store, tmp_path):
     out = tmp_path / "out"
-    _run(plumbing_store, out, "--num_shards=2")
+    _run(untrained_store, out, "--num_shards=2")
     run_dir = out / "night"
     _assert_consistent(run_dir)
-    command = [sys.executable, "-m", "pipeline.run"] + _base(plumbing_store, out) + [
+    command = [sys.executable, "-m", "pipeline.run"] + _base(untrained_store, out) + [
         "--run_id=night", "--num_shards=4", "--batch_size=1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -168,18 +159,18 @@ def test_rerun_killed_mid_write_leaves_no_marker_over_mixed_files(plumbing_store
             proc.kill()
     assert new_shards, "the rerun ended before it wrote anything"
     assert not (run_dir / "_SUCCESS.json").exists()  # old and new shards are mixed now: no marker
-    _run(plumbing_store, out, "--num_shards=4")
+    _run(untrained_store, out, "--num_shards=4")
     _assert_consistent(run_dir)
     assert sum(1 for n in _output_files(run_dir) if n.startswith("records-")) == 4
 
 
-def test_relative_paths_resolve_where_the_user_stands(plumbing_store, tmp_path):
+def test_relative_paths_resolve_where_the_user_stands(untrained_store, tmp_path):
     """`~/clipsam/run_pipeline.sh --input=scans --output=out --model_store=store` from a data folder."""
     import shutil
 
     here = tmp_path / "line-7"
     shutil.copytree(MVTEC / "hazelnut", here / "scans" / "hazelnut")
-    shutil.copytree(plumbing_store, here / "store")
+    shutil.copytree(untrained_store, here / "store")
     done = subprocess.run(
         [str(REPO / "run_pipeline.sh"), "--input=scans", "--output=out", "--model_store=store", "--run_id=r",
          "--report=off"],

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tiny.synthetic import generate_image
 from clipsam.train import CHECKPOINT_NAME, TrainConfig, UMCITrainer, umci_loss
@@ -81,7 +82,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 
 
 def umci_state(store: str, manifest: Manifest) -> dict[str, torch.Tensor]:
-    return torch.load(ModelStore(store).fetch(manifest, "umci"), map_location="cpu", weights_only=True)
+    return load_file(ModelStore(store).fetch(manifest, "umci"))
 
 
 # ------------------------------------------------------------------------------- the trainer

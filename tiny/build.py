@@ -211,9 +211,9 @@ def _build(root: str, seed: int, trained: bool, recipe: TinyRecipe, provenance: 
     )
     with tempfile.TemporaryDirectory() as tmp:
         files = {
-            "clip": save_state(clip, Path(tmp) / "clip_tiny.pt"),
-            "sam": save_state(sam, Path(tmp) / "sam_tiny.pt"),
-            "umci": save_state(umci, Path(tmp) / "umci_tiny.pt"),
+            "clip": save_state(clip, Path(tmp) / "clip_tiny.safetensors"),
+            "sam": save_state(sam, Path(tmp) / "sam_tiny.safetensors"),
+            "umci": save_state(umci, Path(tmp) / "umci_tiny.safetensors"),
         }
         return ModelStore(root).publish(manifest, files)
 

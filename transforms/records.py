@@ -2,7 +2,8 @@
 
 A record is everything a consumer needs about one image without the models: scores, the
 defect mask as COCO RLE, the SAM prompts, and provenance (profile, weight digests, code
-version, run id). Maps are optional (`--store_maps`) because they dominate the size.
+version, run id, and `random_weights`: true when the store holds `make-random` weights, whose
+scores mean nothing). Maps are optional (`--store_maps`) because they dominate the size.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ RECORD_SCHEMA = pa.schema(
         pa.field("decode_notes", pa.list_(pa.string()), nullable=False),
         pa.field("model_profile", pa.string(), nullable=False),
         pa.field("model_digests", pa.map_(pa.string(), pa.string()), nullable=False),
+        pa.field("random_weights", pa.bool_(), nullable=False),  # the store's weights are make-random's
         pa.field("pipeline_version", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("processed_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -119,6 +121,7 @@ def to_record(
     profile: str,
     digests: dict[str, str],
     store_maps: bool,
+    random_weights: bool = False,
 ) -> dict[str, Any]:
     """One output row for one image (keys and types as RECORD_SCHEMA)."""
     return {
@@ -141,6 +144,7 @@ def to_record(
         "decode_notes": list(element.notes),
         "model_profile": profile,
         "model_digests": sorted(digests.items()),
+        "random_weights": random_weights,
         "pipeline_version": PIPELINE_VERSION,
         "run_id": run_id,
         "processed_at": dt.datetime.now(dt.timezone.utc),
@@ -152,8 +156,10 @@ def to_record(
 class ToRecord(beam.DoFn):
     """(ImageElement, Prediction) → record row."""
 
-    def __init__(self, *, run_id: str, profile: str, digests: dict[str, str], store_maps: bool) -> None:
-        self.settings = {"run_id": run_id, "profile": profile, "digests": digests, "store_maps": store_maps}
+    def __init__(self, *, run_id: str, profile: str, digests: dict[str, str], store_maps: bool,
+                 random_weights: bool = False) -> None:
+        self.settings = {"run_id": run_id, "profile": profile, "digests": digests, "store_maps": store_maps,
+                         "random_weights": random_weights}
 
     def process(self, pair: tuple) -> Iterable[dict[str, Any]]:
         element, prediction = pair
