@@ -16,14 +16,12 @@ RSS (`resource.getrusage`) and its RSS after imports, in MiB.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +37,11 @@ def _rss_mib() -> float:
 def build_stand_ins(profile_name: str, out: Path) -> list[tuple[str, str, Path]]:
     """(label, role, path) of every stand-in file, written into `out`."""
     import torch
-    from open_clip.model import convert_weights_to_lp
     from safetensors.torch import save_file
 
     from clipsam.backbones import build_clip, build_sam
     from model_store.profiles import get_profile
+    from model_store.stand_ins import write_openai_torchscript
 
     profile = get_profile(profile_name)
     torch.manual_seed(0)
@@ -56,26 +54,13 @@ def build_stand_ins(profile_name: str, out: Path) -> list[tuple[str, str, Path]]
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "open_clip_model.safetensors"))
     files.append(("open_clip .safetensors", "clip", out / "open_clip_model.safetensors"))
 
-    openai = copy.deepcopy(clip)
-    del clip, state
-    convert_weights_to_lp(openai)
-    size, context = config["vision_cfg"]["image_size"], config["text_cfg"].get("context_length", 77)
-    for name, value in (("input_resolution", size), ("context_length", context),
-                        ("vocab_size", config["text_cfg"].get("vocab_size", 49408))):
-        if hasattr(openai, name):
-            delattr(openai, name)
-        openai.register_buffer(name, torch.tensor(value))
-    image = torch.zeros(1, 3, size, size, dtype=torch.float16)
-    text = torch.zeros(1, context, dtype=torch.long)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace_module(
-            openai, {"forward": (image, text), "encode_image": (image,), "encode_text": (text,)}, check_trace=False)
-        torch.jit.save(traced, str(out / "ViT-openai.pt"))
-        torch.save(traced.state_dict(), out / "openai_state_dict.pt")
+    del state
+    openai_state = write_openai_torchscript(clip, config, out / "ViT-openai.pt")
+    del clip
+    torch.save(openai_state, out / "openai_state_dict.pt")
     files.append(("OpenAI TorchScript", "clip", out / "ViT-openai.pt"))
     files.append(("OpenAI-named state dict", "clip", out / "openai_state_dict.pt"))
-    del openai, traced
+    del openai_state
 
     sam_state = build_sam(profile.sam_config).state_dict()
     torch.save(sam_state, out / "sam.pth")
@@ -90,7 +75,7 @@ def convert_one(path: Path, role: str, profile: str) -> dict:
     from model_store import convert
 
     baseline = _rss_mib()
-    sha = convert.file_sha256(path) if convert.detect_format(path) == "torchscript" else None
+    sha = convert.sha256_file(path) if convert.detect_format(path) == "torchscript" else None
     start = time.perf_counter()
     checkpoint = convert.read_checkpoint(path, role, profile, expected_sha256=sha)
     read_s = time.perf_counter() - start

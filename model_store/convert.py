@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ast
 import collections
-import hashlib
 import io
 import json
 import os
@@ -51,10 +50,10 @@ from clipsam.checkpoint import SAFETENSORS_SUFFIX, save_state
 
 from .errors import StageError, one_line
 from .profiles import PROFILES, Profile, get_profile
+from .store import sha256_file
 
 ROLES = ("clip", "sam")
 FORMATS = ("torchscript", "torch_zip", "torch_legacy", "safetensors")
-HASH_CHUNK = 1 << 22
 MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit
 
 
@@ -440,14 +439,6 @@ def _collect(obj: _ScriptObject, prefix: str, declared: dict[str, set[str] | Non
 # Reading and converting
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _torch_load(path: Path, fmt: str, where: str) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch_zip")
@@ -608,7 +599,7 @@ def read_checkpoint(
     if expected_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256):
         raise StageError(f"{sha_flag} {expected_sha256!r}: not a sha256 (64 hexadecimal digits)")
     fmt = detect_format(path, flag=flag, source=source)
-    sha = file_sha256(path)
+    sha = sha256_file(path)
     if expected_sha256 and sha != expected_sha256.lower():
         raise StageError(f"{where}: checksum mismatch: sha256 is {sha}, {sha_flag} says {expected_sha256.lower()}")
     raw = read_raw_state(path, fmt, where=where)
@@ -670,7 +661,7 @@ def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike
     `metadata`: optional str → str pairs stored in the header."""
     if not str(path).endswith(SAFETENSORS_SUFFIX):
         raise ValueError(f"write_safetensors writes .safetensors files, not {Path(path).name}")
-    return file_sha256(save_state(state, path, metadata=metadata))
+    return sha256_file(save_state(state, path, metadata=metadata))
 
 
 def provenance(checkpoint: Checkpoint, converted_sha256: str | None = None) -> dict[str, str]:

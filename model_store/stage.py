@@ -273,7 +273,7 @@ def read_umci(path: Path, profile: Profile, *, flag: str = "--umci_checkpoint",
     fmt = convert.detect_format(path, flag=flag, source=source)
     if fmt == "torchscript":
         raise StageError(f"{where}: a TorchScript archive; UMCI weights are a .safetensors file or a torch.save state dict")
-    sha = convert.file_sha256(path)
+    sha = convert.sha256_file(path)
     raw = convert.read_raw_state(path, fmt, where=where)
     found = convert.identify_role(raw)
     if found in ("clip", "sam"):

@@ -12,7 +12,6 @@ File names are deliberately unhelpful: formats are detected from content.
 """
 from __future__ import annotations
 
-import copy
 import pickle
 import shutil
 import warnings
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from open_clip.model import convert_weights_to_lp
 from safetensors.torch import load_file, save_file
 
 from clipsam.backbones import build_clip, build_sam
@@ -29,6 +27,7 @@ from model_store import convert
 from model_store.convert import PublishedFile
 from model_store.errors import StageError
 from model_store.profiles import get_profile
+from model_store.stand_ins import write_openai_torchscript
 
 TINY = get_profile("tiny")
 
@@ -47,22 +46,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     clip = build_clip(TINY.clip_config())
     open_clip_state = {k: v.clone() for k, v in clip.state_dict().items()}
 
-    openai = copy.deepcopy(clip)
-    convert_weights_to_lp(openai)  # what OpenAI's convert_weights does: fp16 linear/conv/attn/proj
-    image_size = TINY.clip_config()["vision_cfg"]["image_size"]
-    context = TINY.clip_config()["text_cfg"]["context_length"]
-    for name, value in (("input_resolution", image_size), ("context_length", context),
-                        ("vocab_size", TINY.clip_config()["text_cfg"]["vocab_size"])):
-        if hasattr(openai, name):  # open_clip keeps the last two as plain ints
-            delattr(openai, name)
-        openai.register_buffer(name, torch.tensor(value))
-    image = torch.zeros(1, 3, image_size, image_size, dtype=torch.float16)
-    text = torch.zeros(1, context, dtype=torch.long)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace_module(
-            openai, {"forward": (image, text), "encode_image": (image,), "encode_text": (text,)}, check_trace=False)
-        torch.jit.save(traced, str(out / "clip_model.dat"))
+    write_openai_torchscript(clip, TINY.clip_config(), out / "clip_model.dat")
     jit_state = _jit_load(out / "clip_model.dat").state_dict()
     torch.save(jit_state, out / "openai_state.weights")
     torch.save(open_clip_state, out / "open_clip_pytorch_model.bin")
@@ -97,7 +81,7 @@ def _case(files: dict, name: str) -> tuple[str, Path, dict]:
 
 def _sha_for(path: Path, fmt: str) -> str | None:
     """TorchScript stand-ins are not OpenAI's pinned files: the caller vouches for them."""
-    return convert.file_sha256(path) if fmt == "torchscript" else None
+    return convert.sha256_file(path) if fmt == "torchscript" else None
 
 
 def _assert_one_line(exc: pytest.ExceptionInfo, flag: str, *fragments: str) -> None:
@@ -151,7 +135,7 @@ def test_every_format_converts_and_loads_strictly(files: dict, name: str) -> Non
         assert torch.equal(tensor, source[key].float()), key
     module.load_state_dict(checkpoint.state, strict=True)
     assert checkpoint.format == fmt and checkpoint.role == role
-    assert checkpoint.sha256 == convert.file_sha256(path)
+    assert checkpoint.sha256 == convert.sha256_file(path)
     if name in ("torchscript", "openai_state"):
         assert set(checkpoint.dropped_keys) == {"input_resolution", "context_length", "vocab_size", "attn_mask"}
     else:
@@ -181,10 +165,10 @@ def test_malformed_expected_sha256(files: dict) -> None:
 
 def test_requested_dtype_is_kept(files: dict) -> None:
     path, source = files["clip"]["torchscript"]
-    kept = convert.read_checkpoint(path, "clip", TINY, expected_sha256=convert.file_sha256(path), dtype=None)
+    kept = convert.read_checkpoint(path, "clip", TINY, expected_sha256=convert.sha256_file(path), dtype=None)
     assert kept.state["visual.conv1.weight"].dtype == torch.float16
     assert kept.state["visual.ln_pre.weight"].dtype == torch.float32
-    half = convert.read_checkpoint(path, "clip", TINY, expected_sha256=convert.file_sha256(path), dtype=torch.float16)
+    half = convert.read_checkpoint(path, "clip", TINY, expected_sha256=convert.sha256_file(path), dtype=torch.float16)
     assert all(v.dtype == torch.float16 for v in half.state.values())
     assert torch.equal(half.state["visual.ln_pre.weight"], source["visual.ln_pre.weight"].half())
 
@@ -199,7 +183,7 @@ def test_open_clip_training_checkpoint_is_unwrapped(files: dict, tmp_path: Path)
 
 def test_torchscript_needs_the_published_or_an_explicit_sha256(files: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = files["clip"]["torchscript"]
-    sha = convert.file_sha256(path)
+    sha = convert.sha256_file(path)
     with pytest.raises(StageError) as exc:
         convert.read_checkpoint(path, "clip", TINY)
     _assert_one_line(exc, "--clip_checkpoint", f"--clip_sha256={sha}")
@@ -272,7 +256,7 @@ def test_truncated_file(files: dict, name: str, tmp_path: Path) -> None:
     cut.write_bytes(data[: len(data) // 2])
     flag = f"--{role}_checkpoint"
     with pytest.raises(StageError) as exc:
-        convert.read_checkpoint(cut, role, TINY, expected_sha256=convert.file_sha256(cut))
+        convert.read_checkpoint(cut, role, TINY, expected_sha256=convert.sha256_file(cut))
     _assert_one_line(exc, flag, "truncated")
 
 
@@ -327,7 +311,7 @@ def test_restricted_unpickler_refuses_other_globals(tmp_path: Path, module: str,
     _torchscript_lookalike(hostile, _hostile_pickle(module, name, command))
     assert convert.detect_format(hostile) == "torchscript"
     with pytest.raises(StageError) as exc:
-        convert.read_checkpoint(hostile, "clip", TINY, expected_sha256=convert.file_sha256(hostile))
+        convert.read_checkpoint(hostile, "clip", TINY, expected_sha256=convert.sha256_file(hostile))
     _assert_one_line(exc, "--clip_checkpoint", f"refused to load the global {module}.{name}")
     assert not marker.exists()
 
@@ -364,7 +348,7 @@ def test_storage_outside_its_record_is_refused(files: dict, tmp_path: Path) -> N
                 data = data[: len(data) // 2]
             out.writestr(info, data)
     with pytest.raises(StageError) as exc:
-        convert.read_checkpoint(forged, "clip", TINY, expected_sha256=convert.file_sha256(forged))
+        convert.read_checkpoint(forged, "clip", TINY, expected_sha256=convert.sha256_file(forged))
     _assert_one_line(exc, "--clip_checkpoint", "storage record")
 
 
@@ -373,11 +357,11 @@ def test_storage_outside_its_record_is_refused(files: dict, tmp_path: Path) -> N
 
 def test_write_safetensors_and_provenance(files: dict, tmp_path: Path) -> None:
     path, _ = files["clip"]["torchscript"]
-    checkpoint = convert.read_checkpoint(path, "clip", TINY, expected_sha256=convert.file_sha256(path),
+    checkpoint = convert.read_checkpoint(path, "clip", TINY, expected_sha256=convert.sha256_file(path),
                                          source="https://mirror/ViT-tiny.pt")
     out = tmp_path / "clip.safetensors"
     sha = convert.write_safetensors(checkpoint.state, out, metadata={"profile": "tiny"})
-    assert sha == convert.file_sha256(out)
+    assert sha == convert.sha256_file(out)
     assert convert.detect_format(out) == "safetensors"
     back = load_file(str(out))
     assert set(back) == set(checkpoint.state)
@@ -387,7 +371,7 @@ def test_write_safetensors_and_provenance(files: dict, tmp_path: Path) -> None:
     assert record == {
         "source": "https://mirror/ViT-tiny.pt",
         "source_format": "torchscript",
-        "source_sha256": convert.file_sha256(path),
+        "source_sha256": convert.sha256_file(path),
         "sha256_check": "caller",
         "dropped_keys": ",".join(checkpoint.dropped_keys),
         "converted_sha256": sha,

@@ -123,7 +123,7 @@ def closed_port() -> int:
 
 
 def _sha(path: Path) -> str:
-    return convert.file_sha256(path)
+    return convert.sha256_file(path)
 
 
 def _check_published(store: str, profile: str, role: str, source: dict, source_path: Path, shown: str,
