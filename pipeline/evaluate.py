@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Iterator
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 
 from clipsam.metrics import DEFAULT_BINS, CategoryMetricsAccumulator
 from model_store.store import join_url
@@ -26,30 +24,13 @@ from inputs.decode import DecodeError, decode_mask
 from transforms.evaluate import write_metrics
 from inputs.elements import known_ground_truth
 from inputs.layouts import InputUnit
-from transforms.records import read_map_png
 
 from .logs import show_progress
 from .run import OptionError, list_all_inputs
+from .stored_records import score_map, stored_records
 
 LOG = logging.getLogger("clipsam.evaluate")
 COLUMNS = ["source_uri", "category", "width", "height", "image_score", "anomaly_map_png"]
-
-
-def stored_records(records_url: str, batch_rows: int = 256) -> Iterator[dict]:
-    """Stream the rows of `<records_url>/records-*.parquet` (or one file), a batch at a time."""
-    fs, path = fsspec.core.url_to_fs(records_url)
-    files = [path] if path.endswith(".parquet") else sorted(fs.glob(f"{path.rstrip('/')}/records-*.parquet"))
-    if not files:
-        raise OptionError(f"--records: no records-*.parquet under {records_url}")
-    for name in files:
-        with fs.open(name, "rb") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=COLUMNS):
-                yield from batch.to_pylist()
-
-
-def score_map(record: dict) -> np.ndarray:
-    """The record's stored map, back at the image size, float32 in [0, 1]."""
-    return read_map_png(record["anomaly_map_png"], (record["width"], record["height"]))
 
 
 def ground_truth(unit: InputUnit, shape: tuple[int, int]) -> np.ndarray | None:
@@ -66,7 +47,7 @@ def evaluate_records(records_url: str, truth_url: str, bins: int = DEFAULT_BINS)
         raise OptionError(f"--ground_truth: {truth_url} has no labelled images (use an MVTec-AD or VisA root)")
     accumulators: dict[str, CategoryMetricsAccumulator] = {}
     used = skipped = 0
-    for record in stored_records(records_url):
+    for record in stored_records(records_url, COLUMNS):
         unit = units.get(record["source_uri"])
         if unit is None:
             skipped += 1

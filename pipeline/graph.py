@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -44,6 +44,8 @@ class GraphSettings:
     pixel_limit: int
     model_copies: int
     random_weights: bool = False  # the store holds make-random weights: scores mean nothing
+    thresholds: Optional[dict[str, tuple[float, float]]] = None  # category → (pixel, image), from --thresholds
+    thresholds_digest: Optional[str] = None  # sha256 of that file's canonical JSON
 
 
 def default_num_shards(num_inputs: int) -> int:
@@ -76,7 +78,8 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -
     )
     records = stage2 | "ToRecord" >> beam.ParDo(
         ToRecord(run_id=settings.run_id, profile=settings.spec.profile, digests=settings.digests, store_maps=settings.store_maps,
-                 random_weights=settings.random_weights)
+                 random_weights=settings.random_weights, thresholds=settings.thresholds,
+                 thresholds_digest=settings.thresholds_digest)
     )
     record_files = records | "WriteRecords" >> WriteParquetShards(
         join_url(settings.run_dir, "records"), RECORD_SCHEMA, settings.num_shards

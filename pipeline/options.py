@@ -46,6 +46,14 @@ class ClipSAMOptions(PipelineOptions):
         add("--model_copies", type=int, default=0,
             help="share this many model copies per machine across SDK processes (0: one per process). Use 1 on GPU workers")
         add("--report", default="on", choices=("on", "off"), help="write report.html next to the records (default on)")
+        add("--thresholds", default=None,
+            help="thresholds file URL (python -m pipeline.threshold): per category the mask and OK/NG thresholds "
+                 "(default: the profile's mask threshold for both)")
+        add("--allow_threshold_mismatch", action="store_true", default=False,
+            help="apply --thresholds even when it was calibrated for other model digests")
+        add("--calibrate_on", default=None,
+            help="normal (good) images to calibrate on first: scored into <output>/<run_id>/calibration/, "
+                 "thresholds written to <output>/<run_id>/thresholds.json, then --input is scored with them")
         add("--graph_only", action="store_true", default=False,
             help="build and check the job graph, print it, and exit without running (works offline, any runner)")
 
@@ -70,6 +78,12 @@ def validate(options: ClipSAMOptions) -> None:
     options.input = ",".join(absolute_local(part.strip()) for part in options.input.split(",") if part.strip())
     options.output = absolute_local(options.output)
     options.model_store = absolute_local(options.model_store)
+    if options.thresholds and options.calibrate_on:
+        raise OptionError("--thresholds and --calibrate_on exclude each other (--calibrate_on makes the thresholds)")
+    if options.thresholds:
+        options.thresholds = absolute_local(options.thresholds)
+    if options.calibrate_on:
+        options.calibrate_on = ",".join(absolute_local(p.strip()) for p in options.calibrate_on.split(",") if p.strip())
     for flag in ("mask_threshold", "prompt_threshold", "alpha"):
         value = getattr(options, flag)
         if value is not None and not 0.0 <= value <= 1.0:

@@ -12,6 +12,7 @@ naming the bad flag, store or input.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import sys
@@ -36,6 +37,7 @@ from .graph import GraphSettings, build_graph, default_num_shards
 from .logs import show_progress
 from .options import ClipSAMOptions, OptionError, mmr_overrides, validate
 from .summary import RunSummary, summarize_run
+from .threshold import calibrate, check_thresholds_model, read_thresholds, summary_text, write_thresholds
 
 LOCAL_RUNNER = "FnApiRunner"
 
@@ -53,11 +55,14 @@ class PreparedRun:
     skipped: dict[str, int]  # files left out on purpose at listing, by reason
 
 
-def prepare(argv: list[str]) -> PreparedRun:
-    """Parse and check everything that can be checked before any work is scheduled."""
+def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
+    """Parse and check everything that can be checked before any work is scheduled.
+    `overrides`: option values set after parsing, before validation (the calibration run)."""
     check_known_flags(argv)
     beam_options = PipelineOptions(argv)
     options = beam_options.view_as(ClipSAMOptions)
+    for name, value in (overrides or {}).items():
+        setattr(options, name, value)
     validate(options)
     check_runner(runner_name(beam_options))
     check_service_locations(beam_options, runner_name(beam_options), options.graph_only)
@@ -65,6 +70,16 @@ def prepare(argv: list[str]) -> PreparedRun:
         manifest = check_profile(options.model_store, options.profile)
     except ModelStoreError as exc:
         raise OptionError(f"--model_store/--profile: {exc}") from None
+    thresholds, thresholds_digest = None, None
+    if options.thresholds:
+        loaded = read_thresholds(options.thresholds)
+        if not check_thresholds_model(loaded, options.thresholds, options.profile, manifest.digests(),
+                                      options.allow_threshold_mismatch):
+            LOG.warning("--thresholds %s was calibrated for other model digests (profile %s); applying it anyway "
+                        "(--allow_threshold_mismatch)", options.thresholds, loaded.profile)
+        thresholds = {name: (entry.pixel_threshold, entry.image_threshold)
+                      for name in loaded.categories if (entry := loaded.calibrated(name)) is not None}
+        thresholds_digest = loaded.digest()
     run_dir = join_url(options.output, options.run_id)
     if not options.graph_only:
         try:
@@ -89,6 +104,8 @@ def prepare(argv: list[str]) -> PreparedRun:
         pixel_limit=options.pixel_limit,
         model_copies=options.model_copies,
         random_weights=is_random(manifest),
+        thresholds=thresholds,
+        thresholds_digest=thresholds_digest,
     )
     return PreparedRun(options, beam_options, settings, units, listing.skipped)
 
@@ -141,7 +158,50 @@ def runner_name(beam_options: PipelineOptions) -> str:
 
 def run(argv: list[str]) -> RunSummary | None:
     prepared = prepare(argv)
+    if prepared.options.calibrate_on:
+        return run_with_calibration(argv, prepared)
+    return execute(prepared)
+
+
+CALIBRATION = "calibration"
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def run_with_calibration(argv: list[str], prepared: PreparedRun) -> RunSummary | None:
+    """--calibrate_on: score those images as normal (all of them, with maps) into
+    `<output>/<run_id>/calibration/`, write `<output>/<run_id>/thresholds.json` from them
+    (`pipeline.threshold.calibrate`, q = 0.999, at least 10 normal images per category), then
+    score --input with it. Both runs are checked before either starts."""
+    options = prepared.options
+    run_dir = prepared.settings.run_dir
+    calibration = prepare(argv, {"input": options.calibrate_on, "calibrate_on": None, "output": run_dir,
+                                 "run_id": CALIBRATION, "layout": "auto", "store_maps": True, "evaluate": "off"})
+    if options.graph_only:
+        execute(calibration)
+        return execute(prepared)
+    run_folder.withdraw_success(run_dir)
+    LOG.info("calibrating on %s (%d inputs, all taken as normal) into %s",
+             options.calibrate_on, len(calibration.units), calibration.settings.run_dir)
+    calibration_summary = execute(calibration)
+    if calibration_summary is not None and calibration_summary.missing:
+        raise OptionError(f"--calibrate_on: the calibration run lost {len(calibration_summary.missing)} inputs; "
+                          "not scoring --input with thresholds from an incomplete run")
+    thresholds = calibrate(calibration.settings.run_dir, all_normal=True)
+    url = join_url(run_dir, THRESHOLDS_FILE)
+    write_thresholds(url, thresholds)
+    LOG.info("wrote %s (sha256 %s):\n%s", url, thresholds.digest(), summary_text(thresholds))
+    calibrated = {name: (entry.pixel_threshold, entry.image_threshold)
+                  for name in thresholds.categories if (entry := thresholds.calibrated(name)) is not None}
+    settings = dataclasses.replace(prepared.settings, thresholds=calibrated, thresholds_digest=thresholds.digest())
+    return execute(dataclasses.replace(prepared, settings=settings), thresholds_url=url, extra_files=[url])
+
+
+def execute(prepared: PreparedRun, thresholds_url: str | None = None, extra_files: list[str] | None = None
+            ) -> RunSummary | None:
+    """Build and run the graph of a prepared run, then write its summary, report and marker
+    (`extra_files`: more files of the run folder that the marker lists)."""
     settings = prepared.settings
+    thresholds_url = thresholds_url or prepared.options.thresholds
     runner = runner_name(prepared.beam_options)
     LOG.info(
         "run %s: %d inputs from %s, profile %s, runner %s, output %s",
@@ -173,7 +233,11 @@ def run(argv: list[str]) -> RunSummary | None:
         skipped=prepared.skipped,
         random_weights=settings.random_weights,
     )
-    marker = run_folder.finish(settings.run_dir, settings.run_id, files + [v for k, v in summary.files.items() if k == "report"])
+    if thresholds_url:
+        summary.thresholds = f"{thresholds_url} (sha256 {settings.thresholds_digest})"
+        summary.default_threshold_categories = sorted(set(summary.categories) - set(settings.thresholds or {}))
+    marker = run_folder.finish(settings.run_dir, settings.run_id,
+                               files + (extra_files or []) + [v for k, v in summary.files.items() if k == "report"])
     summary.files["success"] = marker
     print(summary.text())
     return summary

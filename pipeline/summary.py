@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from clipsam.metrics import SCORE_METRICS
 from model_store.store import join_url
 
-SUMMARY_COLUMNS = ["image_id", "source_uri", "category", "image_score", "sam_used", "anomaly_area_fraction"]
+SUMMARY_COLUMNS = ["image_id", "source_uri", "category", "image_score", "sam_used", "anomaly_area_fraction", "pred_label"]
 RANDOM_WEIGHTS_NOTE = ("the model store holds RANDOM weights (python -m model_store make-random): these scores, "
                        "masks and metrics mean nothing; use them for benchmarks and plumbing checks only")
 
@@ -57,6 +57,9 @@ class RunSummary:
     files: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # files left out on purpose at listing, by reason
     random_weights: bool = False  # the model store held make-random weights: the scores mean nothing
+    pred_labels: list[str] = field(default_factory=list, repr=False)  # every record's OK/NG
+    thresholds: Optional[str] = None  # the --thresholds file in force (URL), None: profile defaults
+    default_threshold_categories: list[str] = field(default_factory=list)  # categories it does not calibrate
 
     def text(self) -> str:
         lines = [
@@ -66,6 +69,12 @@ class RunSummary:
             f"  records:  {self.files['records']}",
             f"  failures: {self.files['failures']}" + (f"  ({_fmt_counts(self.failures_by_type)})" if self.failures_by_type else ""),
         ]
+        decisions = collections.Counter(self.pred_labels)
+        lines.append(f"  decisions: {decisions.get('NG', 0)} NG, {decisions.get('OK', 0)} OK, thresholds: "
+                     + (self.thresholds or "profile default (no --thresholds)"))
+        if self.thresholds and self.default_threshold_categories:
+            lines.append("  profile default thresholds (not calibrated in the file) for: "
+                         + ", ".join(self.default_threshold_categories))
         if self.metrics is not None:
             lines.append(f"  metrics:  {self.files['metrics']}")
             mean = self.metrics.get("dataset", {}).get("mean", {})
@@ -158,6 +167,7 @@ def summarize_run(
         },
         skipped=dict(sorted((skipped or {}).items())),
         random_weights=random_weights,
+        pred_labels=[r["pred_label"] for r in records],
     )
     if report:
         summary.files["report"] = write_report(summary, records, failures)

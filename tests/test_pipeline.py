@@ -75,8 +75,8 @@ def _check_outputs(run_dir: Path, expected_inputs: int, summary) -> list[dict]:
         mask = coco_mask.decode(rle)
         assert mask.shape == (record["height"], record["width"])
         assert record["anomaly_area_fraction"] == pytest.approx(mask.mean())
-        assert record["sam_used"] == (len(record["boxes"]) > 0)
-        assert len(record["points"]) == len(record["boxes"])
+        assert record["sam_used"] == (len(record["sam_prompt_boxes"]) > 0)
+        assert len(record["sam_prompt_points"]) == len(record["sam_prompt_boxes"])
         png = Image.open(__import__("io").BytesIO(record["anomaly_map_png"]))
         assert max(png.size) <= 256 and png.mode.startswith("I")  # 16-bit grayscale
     by_type = sorted(f["error_type"] for f in failures)
@@ -154,7 +154,7 @@ def test_gcs_input_and_store_match_local(gcs_emulator, real_data_dir, tiny_store
     assert gs_rows.keys() == local_rows.keys() and len(gs_rows) == 20
     for key, row in gs_rows.items():
         other = local_rows[key]
-        for column in ("category", "width", "height", "image_score", "mask_rle", "boxes", "sam_used", "model_digests"):
+        for column in ("category", "width", "height", "image_score", "mask_rle", "sam_prompt_boxes", "sam_used", "model_digests"):
             assert row[column] == other[column], (key, column)
 
 

@@ -1,7 +1,8 @@
 """Output rows: the fixed pyarrow schemas of records and failures (DESIGN §5, README "Records").
 
-A record is everything a consumer needs about one image without the models: scores, the
-defect mask as COCO RLE, the SAM prompts, and provenance (profile, weight digests, code
+A record is everything a consumer needs about one image without the models: scores, the OK/NG
+decision and the thresholds behind it, the defect mask as COCO RLE and its connected components
+(`defects`), the SAM prompts, and provenance (profile, weight digests, code
 version, run id, and `random_weights`: true when the store holds `make-random` weights, whose
 scores mean nothing). Maps are optional (`--store_maps`) because they dominate the size.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import io
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import apache_beam as beam
 import numpy as np
@@ -18,7 +19,9 @@ import pyarrow as pa
 from PIL import Image
 
 from clipsam.metrics import score_units, unit_scores
+from clipsam.defects import MAX_DEFECTS, defect_instances
 from clipsam.rle import encode_mask
+from clipsam.thresholds import decide
 from clipsam.stage2 import Prediction
 from inputs.elements import ImageElement
 
@@ -34,6 +37,15 @@ def _installed_version() -> str:
 PIPELINE_VERSION = _installed_version()
 MAP_PNG_MAX_SIDE = 256
 
+RLE_TYPE = pa.struct([pa.field("size", pa.list_(pa.int32(), 2)), pa.field("counts", pa.string())])
+DEFECT_TYPE = pa.struct([
+    pa.field("bbox", pa.list_(pa.float64(), 4)),  # [x, y, w, h], COCO
+    pa.field("area", pa.int64()),
+    pa.field("max_score", pa.float64()),
+    pa.field("mean_score", pa.float64()),
+    pa.field("segmentation", RLE_TYPE),  # COCO RLE of this component alone
+])
+
 RECORD_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
@@ -46,13 +58,13 @@ RECORD_SCHEMA = pa.schema(
         pa.field("max_pixel_score", pa.float64(), nullable=False),
         pa.field("anomaly_area_fraction", pa.float64(), nullable=False),
         pa.field("mask_threshold", pa.float64(), nullable=False),
-        pa.field(
-            "mask_rle",
-            pa.struct([pa.field("size", pa.list_(pa.int32(), 2)), pa.field("counts", pa.string())]),
-            nullable=False,
-        ),
-        pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4)), nullable=False),
-        pa.field("points", pa.list_(pa.list_(pa.list_(pa.float32(), 2))), nullable=False),
+        pa.field("image_threshold", pa.float64(), nullable=False),
+        pa.field("pred_label", pa.string(), nullable=False),  # "OK" | "NG": image_score >= image_threshold
+        pa.field("mask_rle", RLE_TYPE, nullable=False),
+        pa.field("defects", pa.list_(DEFECT_TYPE), nullable=False),
+        pa.field("defects_truncated", pa.bool_(), nullable=False),
+        pa.field("sam_prompt_boxes", pa.list_(pa.list_(pa.float32(), 4)), nullable=False),
+        pa.field("sam_prompt_points", pa.list_(pa.list_(pa.list_(pa.float32(), 2))), nullable=False),
         pa.field("sam_used", pa.bool_(), nullable=False),
         pa.field("anomaly_map_png", pa.binary(), nullable=True),
         pa.field("gt_label", pa.int8(), nullable=True),
@@ -60,6 +72,7 @@ RECORD_SCHEMA = pa.schema(
         pa.field("model_profile", pa.string(), nullable=False),
         pa.field("model_digests", pa.map_(pa.string(), pa.string()), nullable=False),
         pa.field("random_weights", pa.bool_(), nullable=False),  # the store's weights are make-random's
+        pa.field("thresholds_digest", pa.string(), nullable=True),  # sha256 of the --thresholds file in force
         pa.field("pipeline_version", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("processed_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -122,8 +135,27 @@ def to_record(
     digests: dict[str, str],
     store_maps: bool,
     random_weights: bool = False,
+    thresholds: Mapping[str, tuple[float, float]] | None = None,
+    thresholds_digest: str | None = None,
+    max_defects: int = MAX_DEFECTS,
 ) -> dict[str, Any]:
-    """One output row for one image (keys and types as RECORD_SCHEMA)."""
+    """One output row for one image (keys and types as RECORD_SCHEMA).
+
+    thresholds: category → (pixel threshold, image threshold) from a thresholds file. For a
+    category in it, the mask is recomputed as final_map ≥ its pixel threshold; for any other
+    category (or without a file) the mask is the prediction's (final_map ≥ the profile's mask
+    threshold) and that same threshold is the image threshold. pred_label is NG when
+    image_score ≥ the image threshold. `defects` lists the mask's 8-connected components,
+    the `max_defects` largest (`clipsam.defects.defect_instances`).
+    """
+    calibrated = (thresholds or {}).get(element.category)
+    if calibrated is None:
+        mask_threshold = image_threshold = float(prediction.mask_threshold)
+        mask = prediction.mask
+    else:
+        mask_threshold, image_threshold = float(calibrated[0]), float(calibrated[1])
+        mask = prediction.final_map >= mask_threshold
+    defects, truncated = defect_instances(prediction.final_map, mask, max_defects)
     return {
         "image_id": element.image_id,
         "source_uri": element.source_uri,
@@ -133,11 +165,15 @@ def to_record(
         "image_score": prediction.image_score,
         "clip_image_score": prediction.clip_image_score,
         "max_pixel_score": prediction.max_pixel_score,
-        "anomaly_area_fraction": float(prediction.mask.mean()),
-        "mask_threshold": prediction.mask_threshold,
-        "mask_rle": encode_mask(prediction.mask),
-        "boxes": [box.tolist() for box in prediction.boxes],
-        "points": [points.tolist() for points in prediction.points],
+        "anomaly_area_fraction": float(mask.mean()),
+        "mask_threshold": mask_threshold,
+        "image_threshold": image_threshold,
+        "pred_label": decide(prediction.image_score, image_threshold),
+        "mask_rle": encode_mask(mask),
+        "defects": defects,
+        "defects_truncated": truncated,
+        "sam_prompt_boxes": [box.tolist() for box in prediction.boxes],
+        "sam_prompt_points": [points.tolist() for points in prediction.points],
         "sam_used": prediction.sam_used,
         "anomaly_map_png": map_png(prediction.final_map) if store_maps else None,
         "gt_label": element.label,
@@ -145,6 +181,7 @@ def to_record(
         "model_profile": profile,
         "model_digests": sorted(digests.items()),
         "random_weights": random_weights,
+        "thresholds_digest": thresholds_digest,
         "pipeline_version": PIPELINE_VERSION,
         "run_id": run_id,
         "processed_at": dt.datetime.now(dt.timezone.utc),
@@ -157,9 +194,11 @@ class ToRecord(beam.DoFn):
     """(ImageElement, Prediction) → record row."""
 
     def __init__(self, *, run_id: str, profile: str, digests: dict[str, str], store_maps: bool,
-                 random_weights: bool = False) -> None:
+                 random_weights: bool = False, thresholds: Mapping[str, tuple[float, float]] | None = None,
+                 thresholds_digest: str | None = None) -> None:
         self.settings = {"run_id": run_id, "profile": profile, "digests": digests, "store_maps": store_maps,
-                         "random_weights": random_weights}
+                         "random_weights": random_weights, "thresholds": dict(thresholds or {}),
+                         "thresholds_digest": thresholds_digest}
 
     def process(self, pair: tuple) -> Iterable[dict[str, Any]]:
         element, prediction = pair
