@@ -18,9 +18,9 @@ import numpy as np
 from pycocotools import mask as coco_mask
 from scipy import ndimage
 
+from .mmr import EIGHT_CONNECTED
 from .rle import RLE
 
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 MAX_DEFECTS = 256
 
 

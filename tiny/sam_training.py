@@ -36,11 +36,10 @@ from segment_anything.modeling import Sam
 from clipsam.config import MMRConfig
 from clipsam.device import FOREACH_STEP
 from .loss_log import WindowedLoss
-from clipsam.mmr import box_mask, cells_in_boxes, extract_prompts, mask_prompt_logits
+from clipsam.mmr import EIGHT_CONNECTED, box_mask, cells_in_boxes, extract_prompts, mask_prompt_logits
 from clipsam.train import LabelledImage
 
 LOG = logging.getLogger(__name__)
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
