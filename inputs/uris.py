@@ -40,13 +40,7 @@ def open_binary(url: str, decompress: bool = False) -> BinaryIO:
 
 def is_storable(text: str) -> bool:
     """True when `text` is valid UTF-8 text without NUL bytes."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return "\x00" not in text and is_utf8(text)
 
 
 def is_utf8(text: str) -> bool:
