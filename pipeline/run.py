@@ -23,6 +23,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from clipsam.thresholds import Thresholds
 from inputs.layouts import KIND_IMAGE, Listing, scan_inputs
 from model_store.errors import ModelStoreError
 from model_store.preflight import check_profile
@@ -77,8 +78,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
                                       options.allow_threshold_mismatch):
             LOG.warning("--thresholds %s was calibrated for other model digests (profile %s); applying it anyway "
                         "(--allow_threshold_mismatch)", options.thresholds, loaded.profile)
-        thresholds = {name: (entry.pixel_threshold, entry.image_threshold)
-                      for name in loaded.categories if (entry := loaded.calibrated(name)) is not None}
+        thresholds = calibrated_thresholds(loaded)
         thresholds_digest = loaded.digest()
     run_dir = join_url(options.output, options.run_id)
     if not options.graph_only:
@@ -108,6 +108,13 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
         thresholds_digest=thresholds_digest,
     )
     return PreparedRun(options, beam_options, settings, units, listing.skipped)
+
+
+def calibrated_thresholds(thresholds: Thresholds) -> dict[str, tuple[float, float]]:
+    """category → (pixel threshold, image threshold) for the categories the file calibrates; the
+    others fall back to the profile default in the records."""
+    return {name: (entry.pixel_threshold, entry.image_threshold)
+            for name in thresholds.categories if (entry := thresholds.calibrated(name)) is not None}
 
 
 def scan_all_inputs(inputs: str, layout: str, category: str | None) -> Listing:
@@ -190,9 +197,8 @@ def run_with_calibration(argv: list[str], prepared: PreparedRun) -> RunSummary |
     url = join_url(run_dir, THRESHOLDS_FILE)
     write_thresholds(url, thresholds)
     LOG.info("wrote %s (sha256 %s):\n%s", url, thresholds.digest(), summary_text(thresholds))
-    calibrated = {name: (entry.pixel_threshold, entry.image_threshold)
-                  for name in thresholds.categories if (entry := thresholds.calibrated(name)) is not None}
-    settings = dataclasses.replace(prepared.settings, thresholds=calibrated, thresholds_digest=thresholds.digest())
+    settings = dataclasses.replace(prepared.settings, thresholds=calibrated_thresholds(thresholds),
+                                   thresholds_digest=thresholds.digest())
     return execute(dataclasses.replace(prepared, settings=settings), thresholds_url=url, extra_files=[url])
 
 
