@@ -14,10 +14,12 @@ RUNTIME = [
     "pyarrow>=14,<26",
     "fsspec>=2024.2",
     "gcsfs>=2024.2",
+    "deltalake==1.6.*",  # --table: the nightly Delta Lake tables (pipeline.table)
     "pillow>=10",
     "numpy>=1.26,<2.5",
     "scipy>=1.11",
     "pycocotools>=2.0.7",
+    "jinja2>=3.1",
 ]
 
 EXTRAS = {
@@ -40,6 +42,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["clipsam*", "inputs*", "model_store*", "tiny*", "transforms*", "pipeline*"]),
     include_package_data=True,
+    # The report's template and the trained tiny store (`python -m model_store ship-tiny`).
+    package_data={"pipeline": ["templates/*.j2"], "tiny": ["shipped/build-key.txt", "shipped/tiny/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )

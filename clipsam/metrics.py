@@ -425,7 +425,7 @@ def _ranking_metrics(
     return outcomes
 
 
-def _descending(
+def descending_counts(
     pos: np.ndarray, neg: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative TP and FP counts at every non-empty bin, thresholds from high to low.
@@ -444,10 +444,15 @@ def roc_auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     Ties within a bin make a diagonal segment, exactly as sklearn treats tied scores.
     Needs at least one positive and one negative.
     """
-    _, _, tp, fp = _descending(pos, neg)
-    tpr = np.concatenate(([0.0], tp / tp[-1]))
-    fpr = np.concatenate(([0.0], fp / fp[-1]))
+    fpr, tpr = roc_points(pos, neg)
     return float(np.trapezoid(tpr, fpr))
+
+
+def roc_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve (FPR, TPR): (0, 0), then one point per occupied bin from the highest
+    threshold down, ending at (1, 1). Needs at least one positive and one negative."""
+    _, _, tp, fp = descending_counts(pos, neg)
+    return np.concatenate(([0.0], fp / fp[-1])), np.concatenate(([0.0], tp / tp[-1]))
 
 
 def average_precision_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -455,7 +460,7 @@ def average_precision_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float
 
     Needs at least one positive.
     """
-    _, pos_desc, tp, fp = _descending(pos, neg)
+    _, pos_desc, tp, fp = descending_counts(pos, neg)
     precision = tp / (tp + fp)
     return float(np.sum(pos_desc * precision) / tp[-1])
 
@@ -466,7 +471,7 @@ def f1_max_from_histograms(pos: np.ndarray, neg: np.ndarray) -> tuple[float, flo
     F1 = 2TP / (2TP + FP + FN) = 2TP / (TP + FP + P). On ties the highest threshold wins.
     Needs at least one positive.
     """
-    occupied, _, tp, fp = _descending(pos, neg)
+    occupied, _, tp, fp = descending_counts(pos, neg)
     f1 = 2.0 * tp / (tp + fp + tp[-1])
     best = int(np.argmax(f1))
     return float(f1[best]), bin_lower_edge(int(occupied[best]), pos.size)
@@ -483,25 +488,36 @@ def aupro_from_histograms(
     point at exactly `fpr_limit` is always interpolated between two real points.
     Needs at least one region and one negative pixel.
     """
+    fpr, pro = pro_points(pro_fixed, n_regions, neg)
+    return area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+def pro_points(pro_fixed: np.ndarray, n_regions: int, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The PRO curve (FPR, PRO) of `aupro_from_histograms`: (0, 0), then one point per occupied
+    bin from the highest threshold down, ending at FPR = 1."""
     occupied = np.flatnonzero((pro_fixed + neg) > 0)[::-1]
     fp = np.cumsum(neg[occupied])
     overlap = np.cumsum(pro_fixed[occupied])
     fpr = np.concatenate(([0.0], fp / fp[-1]))
     pro = np.concatenate(([0.0], np.minimum(overlap / (_PRO_UNIT * n_regions), 1.0)))
-    return area_up_to(fpr, pro, fpr_limit) / fpr_limit
+    return fpr, pro
 
 
-def area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
-    """Trapezoid area under y(x) for x in [x[0], limit], interpolating y linearly at `limit`.
-
-    x must be non-decreasing and reach at least `limit`.
-    """
+def cut_at(x: np.ndarray, y: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the polyline y(x) with x <= `limit`, ending exactly at `limit` (y interpolated
+    linearly there). x must be non-decreasing and reach at least `limit`."""
     inside = int(np.searchsorted(x, limit, side="right"))
     xs, ys = x[:inside], y[:inside]
     if xs[-1] < limit:
         x0, x1, y0, y1 = x[inside - 1], x[inside], y[inside - 1], y[inside]
         xs = np.append(xs, limit)
         ys = np.append(ys, y0 + (y1 - y0) * (limit - x0) / (x1 - x0))
+    return xs, ys
+
+
+def area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """Trapezoid area under y(x) for x in [x[0], limit] (`cut_at`)."""
+    xs, ys = cut_at(x, y, limit)
     return float(np.trapezoid(ys, xs))
 
 

@@ -5,19 +5,15 @@ reader turns into one failure row; every input that is usable but unusual is con
 shape the model expects (RGB uint8, H×W×3) and the conversion is recorded in `notes`, so a
 record says what was done to its pixels.
 
-Documented conversions (each adds a note):
-- 16-bit grey (`I;16*`, `I`): linear `round(v / 257)` after clipping to [0, 65535], so 65535 →
-  255 and the absolute scale is kept (no per-image stretch). 16-bit RGB PNGs are reduced to their
-  high byte by Pillow itself; a note says so.
-- 32-bit float grey (`F`, e.g. float TIFF): read as intensities in [0, 1], scaled linearly by
-  `round(v * 255)`; an image with any value outside [0, 1] or not finite fails with
-  `UnsupportedPixelRange` (no range is guessed: scaling by the image's own min/max would make
-  every image full-contrast).
-- Grey, bilevel, palette, CMYK, YCbCr and other modes: Pillow's `convert("RGB")`.
-- Alpha (`RGBA`, `LA`, `PA`, palette transparency): dropped, keeping the colour channels as
-  captured (not composited on a background).
-- EXIF orientation other than 1: applied with `ImageOps.exif_transpose`, so H and W may swap.
-- Multi-frame files (TIFF pages): the first frame is used.
+The conversion rules (16-bit grey scaled by v/257, 16-bit RGB PNGs reduced to their high byte,
+float grey in [0, 1] scaled by v*255 else `UnsupportedPixelRange`, alpha dropped, EXIF orientation
+applied, first frame of a multi-frame file, pixel limit and minimum side, ...) are written once, in
+`clipsam.image_input`: this module turns bytes into a lazily opened PIL image (format, header-time
+size check, empty / not an image) and hands it to `clipsam.image_input.pil_to_rgb`, which the
+notebook API (`clipsam.ClipSAM.predict`) also uses for PIL images, as `array_to_rgb` for arrays.
+`read_image` (a URL or path → pixels and notes) is the image reader `model_store.load_clipsam`
+gives the notebook API, so a path given to `ClipSAM.predict` is read and decoded as the pipeline
+reads and decodes it.
 
 Masks: modes 1, L, P, I, I;16*, LA, RGB, RGBA; a pixel is a defect when any colour channel is
 > 0 (palette masks use the index, so VisA's class-id masks work). Masks are never resized.
@@ -27,39 +23,40 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-# A truncated file must fail, not decode into a half-grey image.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+from clipsam.image_input import (
+    CORRUPT_IMAGE,
+    DEFAULT_MIN_SIDE,
+    DEFAULT_PIXEL_LIMIT,
+    IMAGE_TOO_LARGE,
+    IMAGE_TOO_SMALL,
+    TRUNCATED_IMAGE,
+    UNSUPPORTED_PIXEL_RANGE,
+    DecodeError,
+    broken,
+    check_pixel_limit,
+    load_fully,
+    pil_to_rgb,
+)
 
-DEFAULT_PIXEL_LIMIT = 64_000_000  # 64 MP; larger inputs fail with ImageTooLarge
-DEFAULT_MIN_SIDE = 32  # images narrower or shorter than this fail with ImageTooSmall
+from .uris import open_binary
 
-# error_type values raised by this module.
+# error_type values raised by this module (the conversion ones come from clipsam.image_input).
 EMPTY_FILE = "EmptyFile"
 NOT_AN_IMAGE = "NotAnImage"
-TRUNCATED_IMAGE = "TruncatedImage"
-CORRUPT_IMAGE = "CorruptImage"
-IMAGE_TOO_LARGE = "ImageTooLarge"
-IMAGE_TOO_SMALL = "ImageTooSmall"
 BAD_MASK = "BadMask"
 MASK_SIZE_MISMATCH = "MaskSizeMismatch"
-UNSUPPORTED_PIXEL_RANGE = "UnsupportedPixelRange"
+FILE_NOT_FOUND = "FileNotFound"
+READ_ERROR = "ReadError"
 
-_SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+__all__ = [
+    "BAD_MASK", "CORRUPT_IMAGE", "DEFAULT_MIN_SIDE", "DEFAULT_PIXEL_LIMIT", "EMPTY_FILE", "FILE_NOT_FOUND",
+    "IMAGE_TOO_LARGE", "IMAGE_TOO_SMALL", "MASK_SIZE_MISMATCH", "NOT_AN_IMAGE", "READ_ERROR", "TRUNCATED_IMAGE",
+    "UNSUPPORTED_PIXEL_RANGE", "DecodeError", "check_image_header", "decode_image", "decode_mask", "read_image",
+]
+
 _MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "LA", "RGB", "RGBA"}
-_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_EXIF_ORIENTATION = 0x0112
-
-
-class DecodeError(Exception):
-    """An input that cannot become an array; `error_type` is the failure row's error_type."""
-
-    def __init__(self, error_type: str, message: str):
-        super().__init__(f"{error_type}: {message}")
-        self.error_type = error_type
-        self.message = message
 
 
 def decode_image(
@@ -75,20 +72,30 @@ def decode_image(
     Raises DecodeError: EmptyFile, NotAnImage, ImageTooLarge, ImageTooSmall, TruncatedImage,
     CorruptImage, UnsupportedPixelRange.
     """
-    im = _open_checked(data, uri, pixel_limit)
-    width, height = im.size
-    if min(width, height) < min_side:
-        raise DecodeError(
-            IMAGE_TOO_SMALL, f"{uri}: {width}x{height} px, each side must be >= {min_side}"
-        )
-    notes: list[str] = []
-    if getattr(im, "n_frames", 1) > 1:
-        notes.append(f"multi-frame file ({im.n_frames} frames): first frame used")
-    _load_fully(im, uri, TRUNCATED_IMAGE, CORRUPT_IMAGE)
-    if _is_16bit_rgb_png(data):
-        notes.append("16-bit RGB PNG reduced to 8 bits (high byte)")
-    im = _apply_exif_orientation(im, notes)
-    return _to_rgb(im, notes, uri), notes
+    return pil_to_rgb(_open_checked(data, uri, pixel_limit), uri, pixel_limit, min_side)
+
+
+def read_image(
+    uri: str,
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> tuple[np.ndarray, list[str]]:
+    """Read one image file at `uri` (any fsspec URL or local path, taken literally as
+    `inputs.uris.open_binary` takes it) and decode it with `decode_image`: RGB uint8 (H, W, 3)
+    and conversion notes, exactly what the pipeline's reader makes of the same file.
+
+    This is the `image_reader` contract of `clipsam.ClipSAM` (a URL, the pixel limit and the
+    minimum side → pixels and notes; a ValueError for anything unreadable).
+    Raises DecodeError (a ValueError): FileNotFound, ReadError, and `decode_image`'s.
+    """
+    try:
+        with open_binary(uri) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DecodeError(FILE_NOT_FOUND, f"{uri}: no such file") from None
+    except (OSError, ValueError) as err:  # ValueError: a path the OS refuses (embedded NUL, ...)
+        raise DecodeError(READ_ERROR, f"{uri}: {type(err).__name__}: {err}") from None
+    return decode_image(data, uri, pixel_limit, min_side)
 
 
 def check_image_header(head: bytes, uri: str, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> None:
@@ -125,7 +132,7 @@ def decode_mask(data: bytes, uri: str, expected_shape: tuple[int, int]) -> np.nd
         )
     if im.mode not in _MASK_MODES:
         raise DecodeError(BAD_MASK, f"{uri}: unsupported mask mode {im.mode}")
-    _load_fully(im, uri, BAD_MASK, BAD_MASK)
+    load_fully(im, uri, BAD_MASK, BAD_MASK)
     if im.mode in ("LA", "RGBA"):
         im = im.convert("L" if im.mode == "LA" else "RGB")
     values = np.asarray(im)
@@ -147,77 +154,7 @@ def _open_checked(data: bytes, uri: str, pixel_limit: int) -> Image.Image:
         raise DecodeError(IMAGE_TOO_LARGE, f"{uri}: {err}") from None
     except UnidentifiedImageError:
         raise DecodeError(NOT_AN_IMAGE, f"{uri}: not a recognised image format") from None
-    except Exception as err:  # a header that parses as a format but is broken
-        raise _broken(err, uri, TRUNCATED_IMAGE, CORRUPT_IMAGE) from None
-    width, height = im.size
-    if width * height > pixel_limit:
-        raise DecodeError(
-            IMAGE_TOO_LARGE, f"{uri}: {width}x{height} = {width * height} px > limit {pixel_limit}"
-        )
+    except Exception as err:  # noqa: BLE001 - a header that parses as a format but is broken
+        raise broken(err, uri, TRUNCATED_IMAGE, CORRUPT_IMAGE) from None
+    check_pixel_limit(*im.size, uri, pixel_limit)
     return im
-
-
-def _load_fully(im: Image.Image, uri: str, truncated_type: str, corrupt_type: str) -> None:
-    """Decode every pixel now, so truncation is detected here and not later in the model."""
-    try:
-        im.load()
-    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error...
-        raise _broken(err, uri, truncated_type, corrupt_type) from None
-
-
-def _broken(err: Exception, uri: str, truncated_type: str, corrupt_type: str) -> DecodeError:
-    """Classify a Pillow error: running out of data is truncation, anything else corruption."""
-    truncated = isinstance(err, EOFError) or "truncated" in str(err).lower()
-    return DecodeError(
-        truncated_type if truncated else corrupt_type, f"{uri}: {type(err).__name__}: {err}"
-    )
-
-
-def _is_16bit_rgb_png(data: bytes) -> bool:
-    """True for a PNG whose IHDR says 16 bits per sample in colour (Pillow reads it as 8-bit)."""
-    # IHDR: signature(8) length(4) type(4) width(4) height(4) bit_depth(1) colour_type(1)
-    return (
-        data[:8] == _PNG_SIGNATURE
-        and len(data) > 25
-        and data[24] == 16
-        and data[25] in (2, 6)
-    )
-
-
-def _apply_exif_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
-    try:
-        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception as err:  # a broken EXIF block must not cost the image
-        notes.append(f"unreadable EXIF ignored ({type(err).__name__})")
-        return im
-    if orientation in (None, 1):
-        return im
-    notes.append(f"EXIF orientation {orientation} applied")
-    return ImageOps.exif_transpose(im)
-
-
-def _to_rgb(im: Image.Image, notes: list[str], uri: str) -> np.ndarray:
-    mode = im.mode
-    if mode == "RGB":
-        return np.array(im, dtype=np.uint8, order="C")
-    if mode == "F":
-        values = np.asarray(im, dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise DecodeError(UNSUPPORTED_PIXEL_RANGE, f"{uri}: float image with NaN or infinite values")
-        low, high = float(values.min()), float(values.max())
-        if low < 0.0 or high > 1.0:
-            raise DecodeError(
-                UNSUPPORTED_PIXEL_RANGE,
-                f"{uri}: float image with values in [{low:g}, {high:g}], only [0, 1] is supported",
-            )
-        grey = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-        notes.append("F (32-bit float) grey in [0, 1] scaled to 8 bits (v*255) and replicated to RGB")
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if mode in _SIXTEEN_BIT_GREY:
-        values = np.asarray(im).astype(np.int64)
-        grey = np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
-        notes.append(f"{mode} grey scaled to 8 bits (v/257) and replicated to RGB")
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    has_alpha = mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info)
-    notes.append(f"mode {mode} converted to RGB" + (", alpha dropped" if has_alpha else ""))
-    return np.array(im.convert("RGB"), dtype=np.uint8, order="C")

@@ -2,6 +2,10 @@
 
 >>> from model_store import load_clipsam
 >>> model, manifest = load_clipsam("/path/to/store", "tiny")
+>>> pred = model.predict("gs://bucket/screw/000.png", "screw")  # a path/URL, PIL image or array
+
+`load_clipsam` gives the model the pipeline's image reader (`inputs.read_image`), so model_store
+imports `inputs` (which imports only `clipsam`).
 """
 from .errors import ModelStoreError
 from .loading import load_clipsam, load_stage1, load_stage2

@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--no_cache", action="store_true",
                       help="always build, neither reading nor filling $CLIPSAM_CACHE/tiny-builds")
 
+    sub.add_parser("ship-tiny", help="refresh the tiny store shipped in tiny/shipped/ from this checkout's default build "
+                   "(trains it when no cached build matches; run after changing the recipe or training code)")
+
     rand = sub.add_parser("make-random", help="seeded random weights at a real profile's shapes "
                           "(benchmarks, plumbing tests, smoke tests; scores mean nothing)")
     rand.add_argument("--profile", required=True, choices=sorted(PROFILES))
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
             manifest = make_tiny(args.out, seed=args.seed, trained=not args.untrained, use_cache=not args.no_cache)
             print(f"tiny profile written to {args.out.rstrip('/')}/tiny ({sum(f.size for f in manifest.files.values()) / 1e6:.1f} MB)")
+        elif args.command == "ship-tiny":
+            from tiny.build import SHIPPED, ship
+
+            print(f"shipped tiny store refreshed at {SHIPPED} (build key {ship()}); commit that folder")
         elif args.command == "make-random":
             from .random_store import make_random
 

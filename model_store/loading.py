@@ -28,6 +28,7 @@ from clipsam.model import ClipSAM
 from clipsam.stage1 import RoughMapper
 from clipsam.stage2 import MMRRefiner
 from clipsam.umci import UMCI
+from inputs.decode import read_image
 
 from .convert import detect_format
 from .errors import CorruptCheckpointError, StageError, one_line
@@ -201,7 +202,12 @@ def load_stage2(url: str, profile: str, device: str | None = None, *, overrides:
 
 def load_clipsam(url: str, profile: str = "tiny", device: str | None = None, *,
                  overrides: dict[str, Any] | None = None) -> tuple[ClipSAM, Manifest]:
-    """Both stages of a profile, and its manifest: `model, manifest = load_clipsam(url, "tiny")`."""
+    """Both stages of a profile, and its manifest: `model, manifest = load_clipsam(url, "tiny")`.
+
+    The model reads paths and URLs given to `predict` with `inputs.read_image`, the pipeline's
+    reader and decoder (`clipsam` itself reads no files), so a notebook prediction of a file sees
+    the pixels and decode notes the pipeline's record of that file has.
+    """
     stage1, manifest = load_stage1(url, profile, device, overrides=overrides)
     stage2, _ = load_stage2(url, profile, device, overrides=overrides)
-    return ClipSAM(stage1, stage2), manifest
+    return ClipSAM(stage1, stage2, image_reader=read_image), manifest

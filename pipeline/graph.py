@@ -1,10 +1,13 @@
 """The job graph (DESIGN §3): read → stage 1 → stage 2 → records / failures / metrics.
 
-    units ─► ReadImages ─┬─► RunInference(CLIP+UMCI) ─► RunInference(SAM+MMR) ─► records-*.parquet
-                         │                                                    └─► metrics.json/.parquet
-                         └─► failures (read, stage 1, stage 2) ─────────────────► failures-*.parquet
+    units ─► ReadImages ─┬─► RunInference(CLIP+UMCI) ─► RunInference(SAM+MMR) ─┬─► records-*.parquet
+                         │                                                      ├─► metrics.json/.parquet, curves.json
+                         │                                                      ├─► overlays/<category>/<image_id>.jpg
+                         └─► failures (read, stage 1, stage 2) ─┬─────────────────┼─► failures-*.parquet
+                                                                 └─► aggregates ◄─┘─► report-data.json
 
-Every element that enters the graph leaves it as exactly one record or one failure row.
+Every element that enters the graph leaves it as exactly one record or one failure row; listed
+inputs that a runner loses on the way become `Lost` failure rows (`transforms.accounting`).
 """
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ from apache_beam.ml.inference.base import RunInference
 
 from model_store.store import join_url
 from transforms.evaluate import EvaluatePerCategory, eval_items
-from transforms.read import FAILURES, IMAGES, ReadImages
+from transforms.read import FAILURES, IMAGES, PRODUCED, ReadImages
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
 from transforms.routing import split_failures
 from transforms.stages import CountResults, ModelSpec, Scored, Stage1Handler, Stage2Handler, Stage2Input
-from transforms.write import ListWrittenFiles, WriteParquetShards
+from transforms.accounting import LostRows
+from transforms.presentation import REPORT_DATA, Present, RunAggregates, split_presentation
+from transforms.write import ListWrittenFiles, WriteFileShards, WriteParquetShards
 
 LOG = logging.getLogger(__name__)
 IMAGES_PER_SHARD = 5000
@@ -46,6 +51,9 @@ class GraphSettings:
     random_weights: bool = False  # the store holds make-random weights: scores mean nothing
     thresholds: Optional[dict[str, tuple[float, float]]] = None  # category → (pixel, image), from --thresholds
     thresholds_digest: Optional[str] = None  # sha256 of that file's canonical JSON
+    write_overlays: str = "ng"  # which images get an overlay file: ng | all | none
+    overlay_max_side: int = 512  # long side of each overlay panel, pixels
+    gallery_size: int = 8  # images per report gallery and category
 
 
 def default_num_shards(num_inputs: int) -> int:
@@ -59,8 +67,11 @@ def _handler_kwargs(settings: GraphSettings) -> dict[str, Any]:
     return kwargs
 
 
-def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -> dict[str, beam.PCollection]:
-    """Add the whole job to `pipeline`; returns the main PCollections (for tests and metrics)."""
+def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings,
+                tap: Optional[beam.PTransform] = None) -> dict[str, beam.PCollection]:
+    """Add the whole job to `pipeline`; returns the main PCollections (for tests and metrics).
+    `tap` (tests only): a transform applied to the scored images before anything is written,
+    e.g. one that drops an image, to check that accounting turns it into a Lost row."""
     read = pipeline | "ReadImages" >> ReadImages(units, pixel_limit=settings.pixel_limit)
     images, read_failures = read[IMAGES], read[FAILURES]
 
@@ -76,29 +87,35 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings) -
         | "CountStage2" >> beam.ParDo(CountResults("stage2", Scored)),
         "Stage2",
     )
+    if tap is not None:
+        stage2 = stage2 | "Tap" >> tap
     records = stage2 | "ToRecord" >> beam.ParDo(
         ToRecord(run_id=settings.run_id, profile=settings.spec.profile, digests=settings.digests, store_maps=settings.store_maps,
                  random_weights=settings.random_weights, thresholds=settings.thresholds,
                  thresholds_digest=settings.thresholds_digest)
-    )
-    record_files = records | "WriteRecords" >> WriteParquetShards(
-        join_url(settings.run_dir, "records"), RECORD_SCHEMA, settings.num_shards
     )
     failures = (
         (read_failures, stage1_failures, stage2_failures)
         | "AllFailures" >> beam.Flatten()
         | "FailureRows" >> beam.Map(lambda f, run_id: f.to_row(run_id), run_id=settings.run_id)
     )
+    lost = (read[PRODUCED], records, failures) | "Accounting" >> LostRows(settings.run_id)
+    failures = (failures, lost) | "FailuresAndLost" >> beam.Flatten()
+    gallery, overlays = split_presentation(stage2 | "Present" >> beam.ParDo(
+        Present(settings.thresholds, settings.write_overlays, settings.overlay_max_side)))
     files = [
-        record_files,
+        records | "WriteRecords" >> WriteParquetShards(join_url(settings.run_dir, "records"), RECORD_SCHEMA,
+                                                       settings.num_shards),
         failures | "WriteFailures" >> WriteParquetShards(join_url(settings.run_dir, "failures"), FAILURE_SCHEMA, 1),
+        overlays | "WriteOverlays" >> WriteFileShards(settings.run_dir, settings.num_shards),
+        (gallery, failures) | "RunAggregates" >> RunAggregates(join_url(settings.run_dir, REPORT_DATA),
+                                                               settings.gallery_size),
     ]
     if settings.evaluate:
         files.append(
             stage2
             | "EvalItems" >> beam.FlatMap(eval_items)
-            | "Evaluate" >> EvaluatePerCategory(settings.run_dir, bins=settings.eval_bins)
+            | "Evaluate" >> EvaluatePerCategory(settings.run_dir, bins=settings.eval_bins, curves=True)
         )
     listing = tuple(files) | "AllWrittenFiles" >> beam.Flatten() | "ListWrittenFiles" >> ListWrittenFiles(settings.run_dir, settings.run_id)
     return {"images": images, "records": records, "failures": failures, "listing": listing}
-

@@ -12,6 +12,8 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.presentation import OVERLAY_MODES
+
 LAYOUTS = ("auto", "folder", "mvtec", "visa", "tar")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -30,6 +32,8 @@ class ClipSAMOptions(PipelineOptions):
         add("--model_store", help="(required) model store root URL (see `python -m model_store`)")
         add("--profile", default="tiny", help="model profile in the store (default: tiny)")
         add("--layout", default="auto", choices=LAYOUTS, help="input layout; auto detects MVTec-AD, VisA, tar shards or plain images")
+        add("--split", default="test", choices=("test", "train"),
+            help="which split of an MVTec-AD or VisA root to score (default test; train holds normal images only)")
         add("--category", default=None, help="category of every image when the layout does not say (default: from the layout, else 'object')")
         add("--mask_threshold", type=float, default=None, help="final-map threshold of the defect mask (default: the profile's τ; 0.5, tiny 0.1)")
         add("--prompt_threshold", type=float, default=None, help="rough-map threshold τ for SAM prompts (default: the profile's; 0.5, tiny 0.1)")
@@ -46,13 +50,22 @@ class ClipSAMOptions(PipelineOptions):
         add("--model_copies", type=int, default=0,
             help="share this many model copies per machine across SDK processes (0: one per process). Use 1 on GPU workers")
         add("--report", default="on", choices=("on", "off"), help="write report.html next to the records (default on)")
+        add("--write_overlays", default="ng", choices=OVERLAY_MODES,
+            help="overlay JPEGs (image | heat map | mask and ground-truth contours) under <run>/overlays/<category>/: "
+                 "ng = images judged NG (default), all, none")
+        add("--overlay_max_side", type=int, default=512,
+            help="long side of each of the overlay's three panels, pixels; smaller images keep their size (default 512)")
+        add("--gallery_size", type=int, default=8,
+            help="images per gallery of the report: most anomalous, highest-scoring normal, lowest-scoring anomalous "
+                 "parts per category (default 8)")
         add("--thresholds", default=None,
             help="thresholds file URL (python -m pipeline.threshold): per category the mask and OK/NG thresholds "
                  "(default: the profile's mask threshold for both)")
         add("--allow_threshold_mismatch", action="store_true", default=False,
             help="apply --thresholds even when it was calibrated for other model digests")
         add("--calibrate_on", default=None,
-            help="normal (good) images to calibrate on first: scored into <output>/<run_id>/calibration/, "
+            help="normal (good) images to calibrate on first (every image of a folder or shards; the train split "
+                 "of an MVTec-AD or VisA root): scored into <output>/<run_id>/calibration/, "
                  "thresholds written to <output>/<run_id>/thresholds.json, then --input is scored with them")
         add("--graph_only", action="store_true", default=False,
             help="build and check the job graph, print it, and exit without running (works offline, any runner)")
@@ -96,6 +109,10 @@ def validate(options: ClipSAMOptions) -> None:
         raise OptionError(f"--eval_bins must be at least 2, got {options.eval_bins}")
     if options.pixel_limit < 32 * 32:
         raise OptionError(f"--pixel_limit must be at least 1024, got {options.pixel_limit}")
+    if options.overlay_max_side < 16:
+        raise OptionError(f"--overlay_max_side must be at least 16, got {options.overlay_max_side}")
+    if not 0 <= options.gallery_size <= 100:
+        raise OptionError(f"--gallery_size must be in [0, 100], got {options.gallery_size}")
     if options.model_copies < 0:
         raise OptionError(f"--model_copies must be >= 0, got {options.model_copies}")
     if options.run_id is None:

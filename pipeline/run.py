@@ -5,7 +5,8 @@
 
 Order of work: check every flag (unknown ones too) and the runner → read the model manifest →
 probe that --output is writable → list inputs → build the graph → withdraw an earlier
-`_SUCCESS.json` → run → summary and report.html → `_SUCCESS.json`, last (`run_folder`).
+`_SUCCESS.json` → run → summary and report.html from the run's aggregates → `_SUCCESS.json`,
+last (`run_folder`).
 Everything before "run" happens on the launching machine and fails fast (exit 2) with one line
 naming the bad flag, store or input.
 """
@@ -24,7 +25,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from clipsam.thresholds import Thresholds
-from inputs.layouts import KIND_IMAGE, Listing, scan_inputs
+from inputs.layouts import Listing, scan_inputs
 from model_store.errors import ModelStoreError
 from model_store.preflight import check_profile
 from model_store.random_store import is_random
@@ -37,6 +38,7 @@ from .flags import check_known_flags, check_runner, check_service_locations, hel
 from .graph import GraphSettings, build_graph, default_num_shards
 from .logs import show_progress
 from .options import ClipSAMOptions, OptionError, mmr_overrides, validate
+from .report import write_report
 from .summary import RunSummary, summarize_run
 from .threshold import calibrate, check_thresholds_model, read_thresholds, summary_text, write_thresholds
 
@@ -54,6 +56,7 @@ class PreparedRun:
     settings: GraphSettings
     units: list
     skipped: dict[str, int]  # files left out on purpose at listing, by reason
+    argv: list[str]  # the command line, for the report
 
 
 def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
@@ -86,7 +89,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
             run_folder.probe_writable(run_dir)
         except Exception as exc:  # fsspec back ends raise many types (PermissionError, HttpError, ...)
             raise OptionError(f"--output: cannot write to {options.output}: {type(exc).__name__}: {exc}") from None
-    listing = scan_all_inputs(options.input, options.layout, options.category)
+    listing = scan_all_inputs(options.input, options.layout, options.category, options.split)
     units = listing.units
     has_truth = any(getattr(u, "label", None) is not None for u in units)
     evaluate = options.evaluate == "on" or (options.evaluate == "auto" and has_truth)
@@ -106,8 +109,11 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
         random_weights=is_random(manifest),
         thresholds=thresholds,
         thresholds_digest=thresholds_digest,
+        write_overlays=options.write_overlays,
+        overlay_max_side=options.overlay_max_side,
+        gallery_size=options.gallery_size,
     )
-    return PreparedRun(options, beam_options, settings, units, listing.skipped)
+    return PreparedRun(options, beam_options, settings, units, listing.skipped, list(argv))
 
 
 def calibrated_thresholds(thresholds: Thresholds) -> dict[str, tuple[float, float]]:
@@ -117,14 +123,15 @@ def calibrated_thresholds(thresholds: Thresholds) -> dict[str, tuple[float, floa
             for name in thresholds.categories if (entry := thresholds.calibrated(name)) is not None}
 
 
-def scan_all_inputs(inputs: str, layout: str, category: str | None) -> Listing:
+def scan_all_inputs(inputs: str, layout: str, category: str | None, split: str = "test") -> Listing:
     """Units of every comma-separated input URL (each with its own layout detection), sorted, and
-    the files left out on purpose, by reason, summed over the URLs."""
+    the files left out on purpose, by reason, summed over the URLs. `split`: the split of an
+    MVTec-AD or VisA root to take."""
     units: set = set()
     skipped: collections.Counter = collections.Counter()
     for url in filter(None, (part.strip() for part in inputs.split(","))):
         try:
-            listing = scan_inputs(url, layout=layout, category=category)
+            listing = scan_inputs(url, layout=layout, category=category, split=split)
         except (ValueError, OSError) as exc:
             raise OptionError(f"--input: {exc}") from None
         units.update(listing.units)
@@ -175,14 +182,16 @@ THRESHOLDS_FILE = "thresholds.json"
 
 
 def run_with_calibration(argv: list[str], prepared: PreparedRun) -> RunSummary | None:
-    """--calibrate_on: score those images as normal (all of them, with maps) into
+    """--calibrate_on: score those images as normal (all of them, with maps; of an MVTec-AD or
+    VisA root, its `train` split, which holds normal images only) into
     `<output>/<run_id>/calibration/`, write `<output>/<run_id>/thresholds.json` from them
     (`pipeline.threshold.calibrate`, q = 0.999, at least 10 normal images per category), then
     score --input with it. Both runs are checked before either starts."""
     options = prepared.options
     run_dir = prepared.settings.run_dir
     calibration = prepare(argv, {"input": options.calibrate_on, "calibrate_on": None, "output": run_dir,
-                                 "run_id": CALIBRATION, "layout": "auto", "store_maps": True, "evaluate": "off"})
+                                 "run_id": CALIBRATION, "layout": "auto", "split": "train", "store_maps": True, "evaluate": "off",
+                                 "write_overlays": "none"})
     if options.graph_only:
         execute(calibration)
         return execute(prepared)
@@ -190,8 +199,8 @@ def run_with_calibration(argv: list[str], prepared: PreparedRun) -> RunSummary |
     LOG.info("calibrating on %s (%d inputs, all taken as normal) into %s",
              options.calibrate_on, len(calibration.units), calibration.settings.run_dir)
     calibration_summary = execute(calibration)
-    if calibration_summary is not None and calibration_summary.missing:
-        raise OptionError(f"--calibrate_on: the calibration run lost {len(calibration_summary.missing)} inputs; "
+    if calibration_summary is not None and calibration_summary.lost:
+        raise OptionError(f"--calibrate_on: the calibration run lost {calibration_summary.lost} inputs; "
                           "not scoring --input with thresholds from an incomplete run")
     thresholds = calibrate(calibration.settings.run_dir, all_normal=True)
     url = join_url(run_dir, THRESHOLDS_FILE)
@@ -231,22 +240,35 @@ def execute(prepared: PreparedRun, thresholds_url: str | None = None, extra_file
     summary = summarize_run(
         settings.run_dir,
         files=files,
-        expected_uris={u.uri for u in prepared.units if u.kind == KIND_IMAGE},
         counters=beam_counters(result),
         elapsed_s=time.monotonic() - start,
-        report=prepared.options.report == "on",
-        units=prepared.units,
         skipped=prepared.skipped,
         random_weights=settings.random_weights,
+        settings=report_settings(prepared, runner),
     )
     if thresholds_url:
         summary.thresholds = f"{thresholds_url} (sha256 {settings.thresholds_digest})"
         summary.default_threshold_categories = sorted(set(summary.categories) - set(settings.thresholds or {}))
+    if prepared.options.report == "on":
+        summary.files["report"] = write_report(summary)
     marker = run_folder.finish(settings.run_dir, settings.run_id,
                                files + (extra_files or []) + [v for k, v in summary.files.items() if k == "report"])
     summary.files["success"] = marker
     print(summary.text())
     return summary
+
+
+def report_settings(prepared: PreparedRun, runner: str) -> dict[str, str]:
+    """What the report shows under "Run": the inputs, store, profile, digests and every flag given."""
+    options, settings = prepared.options, prepared.settings
+    return {
+        "input": options.input,
+        "model store": f"{options.model_store} (profile {settings.spec.profile})",
+        "model digests": ", ".join(f"{role} {digest[:12]}" for role, digest in sorted(settings.digests.items())),
+        "runner": runner,
+        "inputs listed": str(len(prepared.units)),
+        "flags": " ".join(prepared.argv),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 1 if summary is not None and summary.missing else 0
+    return 1 if summary is not None and summary.lost else 0
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ the folder holds no other output file. So a run (or a rerun with the same `--run
    rerun killed halfway leaves no marker, never an old marker over a mix of old and new files;
 3. after the job, reads the list of files this run wrote (`transforms.write.ListWrittenFiles`),
    the caller writes the report, then `finish` removes output files of earlier runs that this run
-   did not rewrite (stale shards after a `--num_shards` change, `metrics.*` after `--eval=off`)
-   and writes `_SUCCESS.json` last.
+   did not rewrite (stale shards after a `--num_shards` change, `metrics.*` after `--eval=off`,
+   overlays of images that are no longer NG) and writes `_SUCCESS.json` last.
 """
 from __future__ import annotations
 
@@ -20,13 +20,18 @@ import uuid
 import fsspec
 
 from model_store.store import join_url
+from transforms.evaluate import CURVES_JSON, METRICS_JSON, METRICS_PARQUET
+from transforms.presentation import OVERLAYS, REPORT_DATA
 from transforms.write import WRITTEN_FILES
+
+from .report import REPORT
 
 LOG = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS.json"
 # Names of the files a run writes into its folder; only these are ever removed as stale.
-OUTPUT_PATTERNS = ("records-*.parquet", "failures-*.parquet", "metrics.json", "metrics.parquet", "report.html",
-                   "*.inprogress", WRITTEN_FILES)
+OUTPUT_PATTERNS = ("records-*.parquet", "failures-*.parquet", METRICS_JSON, METRICS_PARQUET, CURVES_JSON, REPORT,
+                   REPORT_DATA, "*.inprogress", WRITTEN_FILES)
+# Per-image files live below OVERLAYS/; any there that this run did not write are stale.
 
 
 def probe_writable(run_dir: str) -> None:
@@ -59,12 +64,19 @@ def finish(run_dir: str, run_id: str, files: list[str]) -> str:
     """Remove stale output files (matching OUTPUT_PATTERNS, not in `files`), then write
     `_SUCCESS.json` listing `files`; returns the marker's URL."""
     fs, path = fsspec.core.url_to_fs(run_dir)
-    keep = {fsspec.core.url_to_fs(url)[1].rstrip("/").rpartition("/")[2] for url in files}
+    written = {fsspec.core.url_to_fs(url)[1] for url in files}
+    keep = {name.rstrip("/").rpartition("/")[2] for name in written}
     for entry in fs.ls(path, detail=False):
         name = entry.rstrip("/").rpartition("/")[2]
         if name not in keep and any(fnmatch.fnmatchcase(name, p) for p in OUTPUT_PATTERNS) and fs.isfile(entry):
             fs.rm(entry)
             LOG.info("removed %s (not written by run %s)", name, run_id)
+    overlays = f"{path.rstrip('/')}/{OVERLAYS}"
+    stale = [name for name in (fs.find(overlays) if fs.isdir(overlays) else []) if name not in written]
+    for name in stale:
+        fs.rm(name)
+    if stale:
+        LOG.info("removed %d overlay files not written by run %s", len(stale), run_id)
     marker = join_url(run_dir, SUCCESS)
     fs_marker, marker_path = fsspec.core.url_to_fs(marker)
     partial = f"{marker_path}.inprogress"

@@ -26,6 +26,17 @@ def stored_records(records_url: str, columns: list[str], batch_rows: int = 256) 
                 yield from batch.to_pylist()
 
 
+def read_rows(run_dir: str, kind: str, columns: list[str] | None = None) -> list[dict]:
+    """All rows of `<run_dir>/<kind>-*.parquet` (kind: records | failures), in file order: for
+    tests and small runs; the CLIs stream with `stored_records`."""
+    fs, path = fsspec.core.url_to_fs(run_dir)
+    rows: list[dict] = []
+    for name in sorted(fs.glob(f"{path.rstrip('/')}/{kind}-*.parquet")):
+        with fs.open(name, "rb") as handle:
+            rows.extend(pq.read_table(handle, columns=columns).to_pylist())
+    return rows
+
+
 def score_map(record: dict) -> np.ndarray:
     """The record's stored final map (`--store_maps`), back at the image size: float32 [H, W] in [0, 1]."""
     return read_map_png(record["anomaly_map_png"], (record["width"], record["height"]))

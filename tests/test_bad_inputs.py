@@ -16,7 +16,9 @@ from inputs.decode import decode_image
 from inputs.elements import Failure, ImageElement, make_image_id
 from inputs.layouts import InputUnit, list_inputs, scan_inputs
 from inputs.reader import DecodeLimits, read_unit
-from pipeline.summary import RunSummary, lost_inputs, write_report
+from clipsam.metrics import SCORE_METRICS
+from pipeline.report import write_report
+from pipeline.summary import RunSummary
 from tests.data.make_bad_corpus import MEMBER_LIMIT, PIXEL_LIMIT, make_bad_corpus
 from tests.test_read import counter, local_url, run_read_pipeline
 from transforms.read import ReadImages
@@ -200,44 +202,38 @@ def test_whole_corpus_through_the_whole_job(corpus, untrained_store, tmp_path):
                    "--eval=off", "--report=off"])
     rows = len(expected["expected"])
     assert summary.num_records + summary.num_failures == rows
-    assert summary.missing == []
+    assert summary.lost == 0
     want = collections.Counter(result[1] for _, _, result in expected["expected"] if result[0] == "failure")
     assert summary.failures_by_type == dict(want)
 
 
 # ----------------------------------------------------------------------------- run summary
-def test_lost_inputs_count_tar_samples_and_listings():
-    shard = "file:///d/s#1.tar"  # a '#' in the shard's own name
-    units = [InputUnit("image", "file:///d/a.png", "x"), InputUnit("image", "file:///d/a.png", "x", 1, None,
-                                                                    "DuplicateInput", "again", 1),
-             InputUnit("tar", shard, "x"), InputUnit("tar", "file:///d/t.tar", "x")]
-    rows = ["file:///d/a.png", f"{shard}#k0", f"{shard}#k1"]
-    assert lost_inputs(units, set(), rows) == ["file:///d/a.png", "file:///d/t.tar"]
-    assert lost_inputs(units, set(), rows + ["file:///d/a.png", "file:///d/t.tar"]) == []
-    assert lost_inputs([], {"file:///d/b.png"}, rows) == ["file:///d/b.png"]
-
-
 def test_report_escapes_every_data_value(tmp_path: Path):
     hostile = "<img src=x onerror=alert(1)>"
+    counts = {"images": 1, "ok": 0, "ng": 1, "sam_used": 0, "normal": 0, "anomalous": 1, "unlabelled": 0,
+              "false_alarms": 0, "misses": 0}
+    item = {"category": hostile, "image_id": hostile, "source_uri": f"file:///{hostile}.tar#{hostile}",
+            "image_score": 0.9, "image_threshold": 0.5, "pred_label": hostile, "gt_label": 1, "sam_used": False,
+            "defects": 1, "overlay": hostile}
+    curve = {"x": [0.0, 1.0], "y": [0.0, 1.0], "x_label": hostile, "y_label": hostile, "area": 0.5}
     summary = RunSummary(
-        run_dir=str(tmp_path), num_records=1, num_failures=1, sam_used=0,
-        failures_by_type={hostile: 1}, categories={hostile: 1},
-        metrics={"categories": {hostile: {"image_auroc": 0.5}}, "dataset": {"mean": {"image_auroc": 0.5}}},
-        elapsed_s=1.0, missing=[f"file:///{hostile}.png"], skipped={hostile: 2},
+        run_dir=str(tmp_path), categories={hostile: counts}, failures_by_type={hostile: 1, "Lost": 1},
+        metrics={"categories": {hostile: {name: 0.5 for name in SCORE_METRICS}}, "dataset": {"mean": {"image_auroc": 0.5}}},
+        elapsed_s=1.0, skipped={hostile: 2}, galleries={hostile: {"most_anomalous": [item]}},
+        failure_samples=[{"stage": hostile, "error_type": "Lost", "source_uri": hostile, "image_id": hostile,
+                          "message": hostile, "run_id": "r"}],
+        curves={hostile: {"pixel_roc": curve}}, settings={hostile: hostile}, thresholds=hostile,
+        default_threshold_categories=[hostile],
     )
-    records = [{"image_score": 0.9, "category": hostile, "sam_used": False, "anomaly_area_fraction": 0.0,
-                "source_uri": f"file:///{hostile}.tar#{hostile}"}]
-    failures = [{"stage": "read", "error_type": hostile, "source_uri": hostile, "message": hostile}]
-    write_report(summary, records, failures)
+    write_report(summary)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "<img" not in page and "onerror=alert(1)>" not in page
-    assert page.count("&lt;img src=x onerror=alert(1)&gt;") >= 7
-    assert "<b>mean</b>" in page  # the module's own markup stays markup
+    assert "<img src=x" not in page and "onerror=alert(1)>" not in page
+    assert page.count("&lt;img src=x onerror=alert(1)&gt;") >= 12
+    assert "<b>mean</b>" in page and "<svg" in page  # the template's own markup stays markup
 
 
 def test_summary_text_prints_skipped_by_reason():
-    summary = RunSummary(run_dir="r", num_records=0, num_failures=0, sam_used=0, failures_by_type={},
-                         categories={}, metrics=None, elapsed_s=0.0,
+    summary = RunSummary(run_dir="r", failures_by_type={}, categories={}, metrics=None, elapsed_s=0.0,
                          files={"records": "r/records-*.parquet", "failures": "r/failures-*.parquet"},
                          skipped={"unsupported extension": 3, "image (layout 'tar')": 1})
     assert "skipped on purpose at listing: image (layout 'tar'): 1, unsupported extension: 3" in summary.text()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.run import main, run
-from pipeline.summary import read_rows
+from pipeline.stored_records import read_rows
 
 from .conftest import REPO
 
@@ -105,14 +105,15 @@ def _listed(run_dir: Path) -> dict:
 
 
 def _output_files(run_dir: Path) -> set[str]:
-    return {p.name for p in run_dir.iterdir() if p.is_file() and p.name != "_SUCCESS.json"}
+    """Paths of the run folder's files (overlays included) relative to it, the marker left out."""
+    return {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file() and p.name != "_SUCCESS.json"}
 
 
 def _assert_consistent(run_dir: Path) -> None:
     """A marker, where there is one, lists exactly the output files the folder holds."""
     if not (run_dir / "_SUCCESS.json").exists():
         return
-    listed = {Path(url.replace("file://", "")).name for url in _listed(run_dir)["files"]}
+    listed = {Path(url.replace("file://", "")).relative_to(run_dir).as_posix() for url in _listed(run_dir)["files"]}
     assert listed == _output_files(run_dir)
 
 

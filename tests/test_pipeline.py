@@ -1,6 +1,7 @@
 """The whole job on FnApiRunner: mixed real/VisA/tar/broken input → Parquet records, failures, metrics."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pycocotools import mask as coco_mask
 from pipeline.evaluate import evaluate_records
 from pipeline.options import OptionError
 from pipeline.run import run
-from pipeline.summary import read_rows
+from pipeline.stored_records import read_rows
+from transforms.pictures import overlay_size
+from transforms.presentation import overlay_path
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA
 
 from .conftest import REPO, tar_bytes
@@ -88,7 +91,18 @@ def _check_outputs(run_dir: Path, expected_inputs: int, summary) -> list[dict]:
     assert (run_dir / "metrics.parquet").exists() and (run_dir / "report.html").exists()
     # The SAM image encoder ran exactly for the images that had prompts (counted in the workers).
     assert summary.counters["sam_encoder_images"] == sum(r["sam_used"] for r in records)
-    assert summary.missing == []
+    assert summary.lost == 0
+    listed = set(json.loads((run_dir / "_SUCCESS.json").read_text())["files"])
+    for record in records:
+        for defect in record["defects"]:  # every per-defect RLE is at the image's size, inside the mask
+            rle = defect["segmentation"]
+            part = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+            assert part.shape == (record["height"], record["width"]) and int(part.sum()) == defect["area"]
+        overlay = run_dir / overlay_path(record["category"], record["image_id"])
+        assert overlay.exists() == (record["pred_label"] == "NG")  # --write_overlays defaults to ng
+        if overlay.exists():
+            assert str(overlay) in listed
+            assert Image.open(overlay).size == overlay_size(record["width"], record["height"], 512)
     return records
 
 
@@ -134,7 +148,7 @@ def test_one_shared_model_copy_across_worker_processes(visa_sample_dir, tiny_sto
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     summary = _run([str(visa_sample_dir)], tiny_store, tmp_path / "out", "--model_copies=1",
                    "--direct_running_mode=multi_processing", "--direct_num_workers=2")
-    assert summary.num_records == 4 and summary.num_failures == 0 and summary.missing == []
+    assert summary.num_records == 4 and summary.num_failures == 0 and summary.lost == 0
     assert summary.counters["sam_encoder_images"] == summary.sam_used
 
 
@@ -163,7 +177,7 @@ def test_dask_runner_runs_every_sink_and_reports_lost_images(real_data_dir, tiny
 
     Beam 2.77's DaskRunner drops what DoFns emit in finish_bundle, which BatchElements (so
     RunInference) relies on: some images never reach the sinks. The run must still write every
-    output, and the summary must name exactly the images that were lost.
+    output, and every image it lost must have a `Lost` failure row (in-pipeline accounting).
     """
     distributed = pytest.importorskip("dask.distributed")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
@@ -175,9 +189,12 @@ def test_dask_runner_runs_every_sink_and_reports_lost_images(real_data_dir, tiny
     for name in ("_SUCCESS.json", "records-00000-of-00001.parquet", "failures-00000-of-00001.parquet", "metrics.json"):
         assert (run_dir / name).exists(), name
     expected = {p.resolve().as_uri() for p in mvtec.glob("*/test/*/*.png")}
-    seen = {r["source_uri"] for r in read_rows(str(run_dir), "records")} | {f["source_uri"] for f in read_rows(str(run_dir), "failures")}
-    assert seen and seen <= expected
-    assert summary.missing == sorted(expected - seen)
+    records = {r["source_uri"] for r in read_rows(str(run_dir), "records")}
+    lost = {f["source_uri"] for f in read_rows(str(run_dir), "failures") if f["error_type"] == "Lost"}
+    assert records | lost == expected and not records & lost
+    assert summary.lost == len(lost)  # counted in the pipeline
+    # The failure samples come from a global Top combine, whose output this runner may drop too.
+    assert set(summary.lost_examples) <= lost
 
 
 def test_dataflow_graph_builds_offline(real_data_dir, tiny_store, tmp_path, capsys):

@@ -9,7 +9,7 @@ from PIL import Image
 from clipsam.thresholds import (POLICY_NORMAL_QUANTILE, POLICY_PROFILE_DEFAULT, CategoryThresholds, Thresholds,
                                 ThresholdsError, decide, image_quantile_threshold)
 from pipeline.run import main as run_main
-from pipeline.summary import read_rows
+from pipeline.stored_records import read_rows
 
 
 def _file(digests=None) -> Thresholds:

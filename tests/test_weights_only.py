@@ -123,7 +123,8 @@ def test_a_pickle_in_the_manifest_is_refused(local_store, fresh_cache, tmp_path,
 
 def test_make_random_store_loads_and_says_it_is_random(tmp_path, fresh_cache, no_pickle):
     from model_store.random_store import is_random, make_random
-    from pipeline.summary import RunSummary, write_report
+    from pipeline.report import write_report
+    from pipeline.summary import RunSummary
 
     manifest = make_random(str(tmp_path / "rand"), "tiny", seed=3, dtype="fp16")
     assert is_random(manifest) and manifest.provenance["seed"] == 3
@@ -133,10 +134,9 @@ def test_make_random_store_loads_and_says_it_is_random(tmp_path, fresh_cache, no
     assert next(model.stage2.sam.model.parameters()).dtype == torch.float32  # fp16 files, fp32 modules
     assert np.isfinite(model.predict_batch([_image()], ["bottle"])[0].image_score)
 
-    summary = RunSummary(run_dir=str(tmp_path / "run"), num_records=0, num_failures=0, sam_used=0,
-                         failures_by_type={}, categories={}, metrics=None, elapsed_s=1.0,
+    summary = RunSummary(run_dir=str(tmp_path / "run"), failures_by_type={}, categories={}, metrics=None, elapsed_s=1.0,
                          files={"records": "r", "failures": "f"}, random_weights=True)
     assert "WARNING" in summary.text() and "RANDOM weights" in summary.text()
     (tmp_path / "run").mkdir()
-    report = Path(write_report(summary, [], []))
+    report = Path(write_report(summary))
     assert "RANDOM WEIGHTS" in report.read_text()

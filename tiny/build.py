@@ -192,6 +192,32 @@ def default_build_cache() -> Path:
     return cache_dir() / "tiny-builds"
 
 
+# The default build (seed 0, trained, default recipe) ships inside the package as a store root, with
+# the key it was built under: a checkout whose key matches copies it instead of training for minutes.
+SHIPPED = REPO / "tiny" / "shipped"
+SHIPPED_KEY = SHIPPED / "build-key.txt"
+
+
+def shipped_key() -> str | None:
+    """The build key of the shipped store, None when the package ships none."""
+    try:
+        return SHIPPED_KEY.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def ship(build_cache: Path | None = None) -> str:
+    """Refresh the shipped store from the checkout's default build (trained here when no cached
+    build has its key); returns the key. `python -m model_store ship-tiny` runs it."""
+    recipe = TinyRecipe()
+    source = _cached_build(0, True, recipe, build_cache or default_build_cache(), {}, use_shipped=False)
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    shutil.copytree(source, SHIPPED, ignore=shutil.ignore_patterns("*.lock", ".*"))
+    key = build_key(0, True, recipe)
+    SHIPPED_KEY.write_text(key + "\n", encoding="utf-8")
+    return key
+
+
 def _build(root: str, seed: int, trained: bool, recipe: TinyRecipe, provenance: dict[str, Any]) -> Manifest:
     """Build the profile and publish it into the store at `root`."""
     profile = get_profile(TINY)
@@ -219,9 +245,13 @@ def _build(root: str, seed: int, trained: bool, recipe: TinyRecipe, provenance: 
 
 
 def _cached_build(seed: int, trained: bool, recipe: TinyRecipe, build_cache: Path,
-                  provenance: dict[str, Any]) -> Path:
-    """Local store root holding the build for (seed, recipe, sources); built once, under a lock."""
-    target = build_cache / build_key(seed, trained, recipe)
+                  provenance: dict[str, Any], use_shipped: bool = True) -> Path:
+    """Local store root holding the build for (seed, recipe, sources): the shipped store when its
+    key matches (and `use_shipped`), else the cached build, built once under a lock."""
+    key = build_key(seed, trained, recipe)
+    if use_shipped and key == shipped_key() and not provenance:
+        return SHIPPED
+    target = build_cache / key
     if (target / TINY / "manifest.json").exists():
         return target
     build_cache.mkdir(parents=True, exist_ok=True)

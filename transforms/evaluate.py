@@ -23,10 +23,12 @@ from clipsam.metrics import (
     check_bins,
     summarize,
 )
+from clipsam.curves import category_curves
 from inputs.elements import known_ground_truth
 
 METRICS_JSON = "metrics.json"
 METRICS_PARQUET = "metrics.parquet"
+CURVES_JSON = "curves.json"  # per category, the ROC / PR / PRO curves behind the metrics (`clipsam.curves`)
 
 # One row per category: nullable metric values (null where a metric cannot be computed, the
 # reason in `reasons`), the counts they rest on, and the binning they were computed with.
@@ -69,11 +71,13 @@ def eval_items(pair: tuple) -> Iterable[tuple[str, EvalItem]]:
 
 
 class CategoryMetricsCombineFn(beam.CombineFn):
-    """Folds EvalItems of one category into a `CategoryMetricsAccumulator`; outputs its result."""
+    """Folds EvalItems of one category into a `CategoryMetricsAccumulator`; outputs its result,
+    with its curves under "curves" when `curves` is set."""
 
-    def __init__(self, bins: int = DEFAULT_BINS) -> None:
+    def __init__(self, bins: int = DEFAULT_BINS, curves: bool = False) -> None:
         super().__init__()
         self._bins = check_bins(bins)  # fail at graph construction, not on a worker
+        self._curves = curves
 
     def create_accumulator(self) -> CategoryMetricsAccumulator:
         return CategoryMetricsAccumulator(self._bins)
@@ -95,7 +99,10 @@ class CategoryMetricsCombineFn(beam.CombineFn):
         return merged
 
     def extract_output(self, accumulator: CategoryMetricsAccumulator) -> dict[str, Any]:
-        return accumulator.result()
+        result = accumulator.result()
+        if self._curves:
+            result["curves"] = category_curves(accumulator, result)
+        return result
 
 
 def metrics_document(per_category: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -128,41 +135,50 @@ def metrics_table(per_category: Mapping[str, Mapping[str, Any]]) -> pa.Table:
 def write_metrics(
     per_category: Iterable[tuple[str, Mapping[str, Any]]], output_dir: str
 ) -> list[str]:
-    """Write metrics.json and metrics.parquet under `output_dir` (a path or any fsspec URL).
+    """Write metrics.json and metrics.parquet under `output_dir` (a path or any fsspec URL), and
+    curves.json when the results carry curves ({category: {curve name: curve}}).
 
-    Returns the two URLs written. JSON is written with allow_nan=False: a NaN reaching the
+    Returns the URLs written. JSON is written with allow_nan=False: a NaN reaching the
     report is a bug, not a value.
     """
     results = dict(per_category)
+    curves = {name: results[name].pop("curves") for name in sorted(results) if "curves" in results[name]}
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.makedirs(root, exist_ok=True)
     base = output_dir.rstrip("/")
     json_url, parquet_url = f"{base}/{METRICS_JSON}", f"{base}/{METRICS_PARQUET}"
-    text = json.dumps(metrics_document(results), indent=2, sort_keys=True, allow_nan=False)
-    with fsspec.open(json_url, "wb") as stream:
-        stream.write(text.encode("utf-8"))
+    _write_json(json_url, metrics_document(results))
     with fsspec.open(parquet_url, "wb") as stream:
         pq.write_table(metrics_table(results), stream, compression="zstd")
-    return [json_url, parquet_url]
+    if not curves:
+        return [json_url, parquet_url]
+    _write_json(f"{base}/{CURVES_JSON}", curves)
+    return [json_url, parquet_url, f"{base}/{CURVES_JSON}"]
+
+
+def _write_json(url: str, document: Any) -> None:
+    with fsspec.open(url, "wb") as stream:
+        stream.write(json.dumps(document, indent=2, sort_keys=True, allow_nan=False).encode("utf-8"))
 
 
 class EvaluatePerCategory(beam.PTransform):
-    """(category, EvalItem) → metrics.json + metrics.parquet in `output_dir`, written once.
+    """(category, EvalItem) → metrics.json + metrics.parquet (+ curves.json) in `output_dir`, written once.
 
     Per-key combine first (fixed-size state per category), then all category results are
     gathered into one list so the two files are written by exactly one element. Outputs the
     PCollection of the written URLs.
     """
 
-    def __init__(self, output_dir: str, bins: int = DEFAULT_BINS) -> None:
+    def __init__(self, output_dir: str, bins: int = DEFAULT_BINS, curves: bool = False) -> None:
         super().__init__()
         self._output_dir = output_dir
         self._bins = check_bins(bins)
+        self._curves = curves
 
     def expand(self, items: beam.PCollection) -> beam.PCollection:
         return (
             items
-            | "CombinePerCategory" >> beam.CombinePerKey(CategoryMetricsCombineFn(self._bins))
+            | "CombinePerCategory" >> beam.CombinePerKey(CategoryMetricsCombineFn(self._bins, self._curves))
             | "GatherCategories" >> beam.combiners.ToList()
             | "WriteMetrics" >> beam.FlatMap(write_metrics, self._output_dir)
         )

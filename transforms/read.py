@@ -3,6 +3,8 @@
 Graph (DESIGN §3, §9): ``Create(units) → Reshuffle → ParDo(ReadUnitFn) → Reshuffle``. The
 first Reshuffle spreads units (shards) over workers; the second is a fusion break so that
 per-image GPU work downstream is not pinned to the worker that happened to read the shard.
+After each unit the reader emits a `UnitRead` receipt; listed units without one become `Lost`
+failures (`accounting.LostUnits`).
 What one unit yields (ids, tar sample rules, error types) is `inputs.reader.read_unit`'s contract.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from inputs.elements import Failure, ImageElement
 from inputs.layouts import InputUnit, scan_inputs
 from inputs.reader import DecodeLimits, read_unit
 
+from .accounting import LostUnits, UnitRead, unit_key
 from .progress import ProgressLog
 from .routing import split_failures
 
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 IMAGES = "images"
 FAILURES = "failures"
+PRODUCED = "produced"  # every ImageElement and Failure the reader made, for `accounting.LostRows`
 
 
 class ReadUnitFn(beam.DoFn):
@@ -34,14 +38,17 @@ class ReadUnitFn(beam.DoFn):
         self._limits = limits
         self._progress = ProgressLog("read")
 
-    def process(self, unit: InputUnit) -> Iterator[Union[ImageElement, Failure]]:
+    def process(self, unit: InputUnit) -> Iterator[Union[ImageElement, Failure, UnitRead]]:
+        outputs = 0
         for output in read_unit(unit, self._limits):
             if isinstance(output, Failure):
                 logger.warning("read failure %s: %s", output.error_type, output.message)
                 self._progress.failed()
             else:
                 self._progress.done()
+            outputs += 1
             yield output
+        yield UnitRead(unit_key(unit), outputs)
 
 
 class ReadImages(beam.PTransform):
@@ -79,11 +86,12 @@ class ReadImages(beam.PTransform):
         return cls(listing.units, pixel_limit=pixel_limit, min_side=min_side)
 
     def expand(self, pbegin: PBegin) -> dict[str, PCollection]:
-        read = (
-            pbegin
-            | "ListedUnits" >> beam.Create(self._units)
-            | "SpreadUnits" >> beam.Reshuffle()
-            | "ReadUnits" >> beam.ParDo(ReadUnitFn(self._limits))
-        )
-        images, failures = split_failures(read, "Read")
-        return {IMAGES: images | "SpreadImages" >> beam.Reshuffle(), FAILURES: failures}
+        units = pbegin | "ListedUnits" >> beam.Create(self._units)
+        outputs = units | "SpreadUnits" >> beam.Reshuffle() | "ReadUnits" >> beam.ParDo(ReadUnitFn(self._limits))
+        receipts = outputs | "Receipts" >> beam.Filter(lambda o: isinstance(o, UnitRead))
+        produced = outputs | "Produced" >> beam.Filter(lambda o: not isinstance(o, UnitRead))
+        images, failures = split_failures(produced, "Read")
+        lost = (units, receipts) | "UnreadUnits" >> LostUnits()
+        return {IMAGES: images | "SpreadImages" >> beam.Reshuffle(),
+                FAILURES: (failures, lost) | "ReadOrLost" >> beam.Flatten(),
+                PRODUCED: produced}

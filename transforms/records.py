@@ -126,6 +126,21 @@ def read_map_png(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray
     return unit_scores(np.clip(units, 0.0, 1.0))
 
 
+def judged_mask(category: str, prediction: Prediction, thresholds: Mapping[str, tuple[float, float]] | None
+                ) -> tuple[np.ndarray, float, float]:
+    """(mask, pixel threshold, image threshold) an image of `category` is judged with.
+
+    thresholds: category → (pixel threshold, image threshold) from a thresholds file. For a
+    category in it, the mask is final_map ≥ its pixel threshold; for any other category (or
+    without a file) the mask is the prediction's (final_map ≥ the profile's mask threshold) and
+    that same threshold is the image threshold.
+    """
+    calibrated = (thresholds or {}).get(category)
+    if calibrated is None:
+        return prediction.mask, float(prediction.mask_threshold), float(prediction.mask_threshold)
+    return prediction.final_map >= float(calibrated[0]), float(calibrated[0]), float(calibrated[1])
+
+
 def to_record(
     element: ImageElement,
     prediction: Prediction,
@@ -141,20 +156,11 @@ def to_record(
 ) -> dict[str, Any]:
     """One output row for one image (keys and types as RECORD_SCHEMA).
 
-    thresholds: category → (pixel threshold, image threshold) from a thresholds file. For a
-    category in it, the mask is recomputed as final_map ≥ its pixel threshold; for any other
-    category (or without a file) the mask is the prediction's (final_map ≥ the profile's mask
-    threshold) and that same threshold is the image threshold. pred_label is NG when
-    image_score ≥ the image threshold. `defects` lists the mask's 8-connected components,
+    thresholds: category → (pixel threshold, image threshold) from a thresholds file
+    (`judged_mask`). pred_label is NG when image_score ≥ the image threshold. `defects` lists the mask's 8-connected components,
     the `max_defects` largest (`clipsam.defects.defect_instances`).
     """
-    calibrated = (thresholds or {}).get(element.category)
-    if calibrated is None:
-        mask_threshold = image_threshold = float(prediction.mask_threshold)
-        mask = prediction.mask
-    else:
-        mask_threshold, image_threshold = float(calibrated[0]), float(calibrated[1])
-        mask = prediction.final_map >= mask_threshold
+    mask, mask_threshold, image_threshold = judged_mask(element.category, prediction, thresholds)
     defects, truncated = defect_instances(prediction.final_map, mask, max_defects)
     return {
         "image_id": element.image_id,

@@ -1,4 +1,4 @@
-"""Deterministic Parquet output on any fsspec URL.
+"""Deterministic output files (Parquet shards, per-image files) on any fsspec URL.
 
 Beam's `WriteToParquet` assigns bundles to shards at random (one shard may get every row, and
 reruns differ), and Beam's file systems do not speak fsspec (`memory://`, custom schemes). So
@@ -6,14 +6,17 @@ rows are keyed by a hash of their `image_id` into a fixed number of shards, grou
 `image_id` and written by one DoFn per shard as `<prefix>-SSSSS-of-NNNNN.parquet` (zstd): the same
 input gives the same files with the same rows in the same order, and a retried shard simply
 overwrites its own file. Every shard file is written, empty ones included, so consumers can
-rely on the full set.
+rely on the full set. Other per-image files (overlay JPEGs, `WriteFileShards`) follow the same
+shard rule, without the empty shards.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import zlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
 import fsspec
@@ -36,16 +39,30 @@ def write_parquet(url: str, rows: list[dict[str, Any]], schema: pa.Schema) -> No
     """Write rows (sorted by image_id) to one Parquet file via a temporary name and a rename."""
     rows = sorted(rows, key=lambda r: (r["image_id"], r.get("stage", "")))
     table = pa.Table.from_pylist(rows, schema=schema)
+    with _replacing(url) as handle:
+        pq.write_table(table, handle, compression="zstd", row_group_size=1000)
+    LOG.info("wrote %d rows to %s", len(rows), url)
+
+
+@contextlib.contextmanager
+def _replacing(url: str) -> Iterator[Any]:
+    """A binary handle on `<url>.inprogress`, renamed to `url` when the block ends without error:
+    readers never see half a file, and a retried write replaces the file whole."""
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     tmp = path + ".inprogress"
     with fs.open(tmp, "wb") as handle:
-        pq.write_table(table, handle, compression="zstd", row_group_size=1000)
+        yield handle
     fs.mv(tmp, path)
-    LOG.info("wrote %d rows to %s", len(rows), url)
 
 
-class _WriteShard(beam.DoFn):
+def write_file(url: str, data: bytes) -> None:
+    """Write one file whole (`_replacing`)."""
+    with _replacing(url) as handle:
+        handle.write(data)
+
+
+class _WriteParquetShard(beam.DoFn):
     def __init__(self, prefix: str, num_shards: int, schema: pa.Schema) -> None:
         self.prefix, self.num_shards, self.schema = prefix, num_shards, schema
 
@@ -54,6 +71,21 @@ class _WriteShard(beam.DoFn):
         url = shard_url(self.prefix, index, self.num_shards)
         write_parquet(url, [r for r in rows if r is not None], self.schema)
         yield url
+
+
+class _WriteFilesOfShard(beam.DoFn):
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+
+    def process(self, keyed: tuple[int, Iterable[tuple[str, str, bytes]]]) -> Iterable[str]:
+        for _, relative, data in sorted(keyed[1], key=lambda item: item[1]):
+            url = f"{self.root}/{relative}"
+            write_file(url, data)
+            yield url
+
+
+def _by_shard(elements: beam.PCollection, num_shards: int, image_id: Callable[[Any], str]) -> beam.PCollection:
+    return elements | "KeyByShard" >> beam.Map(lambda e: (shard_of(image_id(e), num_shards), e))
 
 
 class WriteParquetShards(beam.PTransform):
@@ -67,15 +99,48 @@ class WriteParquetShards(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         n = self.num_shards
-        keyed = rows | "KeyByShard" >> beam.Map(lambda r: (shard_of(r["image_id"], n), r))
+        keyed = _by_shard(rows, n, lambda r: r["image_id"])
         # One placeholder per shard so that empty shards are written too.
         placeholders = rows.pipeline | "EveryShard" >> beam.Create([(i, None) for i in range(n)])
         return (
             (keyed, placeholders)
             | "Together" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteShard(self.prefix, n, self.schema))
+            | "WriteShard" >> beam.ParDo(_WriteParquetShard(self.prefix, n, self.schema))
         )
+
+
+class WriteFileShards(beam.PTransform):
+    """PCollection of (image_id, relative path, bytes) → one file each at `<root>/<relative path>`,
+    grouped into `num_shards` shards by the same image-id hash as the Parquet shards (one DoFn
+    call per shard, files in path order); outputs the file URLs. Relative paths must be made of
+    safe names (`safe_name`): they are joined to `root` as they are."""
+
+    def __init__(self, root: str, num_shards: int = 1) -> None:
+        super().__init__()
+        if num_shards < 1:
+            raise ValueError("num_shards must be at least 1")
+        self.root, self.num_shards = root, num_shards
+
+    def expand(self, files: beam.PCollection) -> beam.PCollection:
+        return (
+            _by_shard(files, self.num_shards, lambda f: f[0])
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteFiles" >> beam.ParDo(_WriteFilesOfShard(self.root))
+        )
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(name: str) -> str:
+    """`name` as one harmless path segment: characters other than letters, digits, '.', '_' and
+    '-' become '_', leading dots are dropped, and a name that had to change gets the crc32 of the
+    original appended, so that different names stay different files."""
+    cleaned = _SAFE.sub("_", name).lstrip(".")
+    if cleaned == name and cleaned:
+        return name
+    return f"{cleaned[:80] or '_'}-{zlib.crc32(name.encode('utf-8', 'surrogateescape')):08x}"
 
 
 WRITTEN_FILES = ".written-files.json"
