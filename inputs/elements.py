@@ -50,6 +50,7 @@ class ImageElement:
     gt_mask: Optional[np.ndarray] = None
     label: Optional[int] = None
     notes: list[str] = field(default_factory=list)  # documented conversions applied on decode
+    content_sha256: str = ""  # sha256 (hex) of the image file's bytes: what `--skip_scored` matches
 
     @property
     def height(self) -> int:

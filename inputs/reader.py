@@ -46,6 +46,7 @@ are covered by that one failure row, since their number cannot be known).
 """
 from __future__ import annotations
 
+import hashlib
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -148,7 +149,8 @@ def decode_input(encoded: EncodedInput, limits: DecodeLimits) -> Output:
     except DecodeError as err:
         return Failure(encoded.source_uri, encoded.image_id, STAGE_DECODE, err.error_type, err.message)
     return ImageElement(encoded.image_id, encoded.source_uri, encoded.category, image,
-                        known_ground_truth(mask, encoded.label, image.shape[:2]), encoded.label, notes)
+                        known_ground_truth(mask, encoded.label, image.shape[:2]), encoded.label, notes,
+                        hashlib.sha256(encoded.data).hexdigest())
 
 
 def _read_image_file(unit: InputUnit, limits: DecodeLimits) -> Output:

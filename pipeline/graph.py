@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -26,6 +26,7 @@ from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
 from transforms.routing import split_failures
 from transforms.stages import CountResults, ModelSpec, Scored, Stage1Handler, Stage2Handler, Stage2Input
 from transforms.accounting import LostRows
+from transforms.skip_scored import SkipScored, split_skipped
 from transforms.presentation import REPORT_DATA, Present, RunAggregates, split_presentation
 from transforms.write import ListWrittenFiles, WriteFileShards, WriteParquetShards
 
@@ -54,6 +55,11 @@ class GraphSettings:
     write_overlays: str = "ng"  # which images get an overlay file: ng | all | none
     overlay_max_side: int = 512  # long side of each overlay panel, pixels
     gallery_size: int = 8  # images per report gallery and category
+    # --table: where records, failures and metrics go instead of the run folder (`pipeline.table.table_layout`)
+    records_prefix: Optional[str] = None
+    failures_prefix: Optional[str] = None
+    metrics_parquet: Optional[str] = None
+    skip_keys: Optional[Callable[[], Any]] = None  # --skip_scored: reads the table's content hashes to skip
 
 
 def default_num_shards(num_inputs: int) -> int:
@@ -74,6 +80,9 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings,
     e.g. one that drops an image, to check that accounting turns it into a Lost row."""
     read = pipeline | "ReadImages" >> ReadImages(units, pixel_limit=settings.pixel_limit)
     images, read_failures = read[IMAGES], read[FAILURES]
+    skipped = pipeline | "NoneSkipped" >> beam.Create([])
+    if settings.skip_keys is not None:
+        images, skipped = split_skipped(images | "SkipScored" >> SkipScored(settings.skip_keys))
 
     stage1, stage1_failures = split_failures(
         images
@@ -99,23 +108,26 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings,
         | "AllFailures" >> beam.Flatten()
         | "FailureRows" >> beam.Map(lambda f, run_id: f.to_row(run_id), run_id=settings.run_id)
     )
-    lost = (read[PRODUCED], records, failures) | "Accounting" >> LostRows(settings.run_id)
+    skipped_rows = skipped | "SkippedRows" >> beam.Map(lambda s: {"image_id": s.image_id})
+    lost = (read[PRODUCED], records, failures, skipped_rows) | "Accounting" >> LostRows(settings.run_id)
     failures = (failures, lost) | "FailuresAndLost" >> beam.Flatten()
     gallery, overlays = split_presentation(stage2 | "Present" >> beam.ParDo(
         Present(settings.thresholds, settings.write_overlays, settings.overlay_max_side)))
     files = [
-        records | "WriteRecords" >> WriteParquetShards(join_url(settings.run_dir, "records"), RECORD_SCHEMA,
-                                                       settings.num_shards),
-        failures | "WriteFailures" >> WriteParquetShards(join_url(settings.run_dir, "failures"), FAILURE_SCHEMA, 1),
+        records | "WriteRecords" >> WriteParquetShards(settings.records_prefix or join_url(settings.run_dir, "records"),
+                                                       RECORD_SCHEMA, settings.num_shards),
+        failures | "WriteFailures" >> WriteParquetShards(settings.failures_prefix or join_url(settings.run_dir, "failures"),
+                                                         FAILURE_SCHEMA, 1),
         overlays | "WriteOverlays" >> WriteFileShards(settings.run_dir, settings.num_shards),
-        (gallery, failures) | "RunAggregates" >> RunAggregates(join_url(settings.run_dir, REPORT_DATA),
-                                                               settings.gallery_size),
+        (gallery, failures, skipped) | "RunAggregates" >> RunAggregates(join_url(settings.run_dir, REPORT_DATA),
+                                                                        settings.gallery_size),
     ]
     if settings.evaluate:
         files.append(
             stage2
             | "EvalItems" >> beam.FlatMap(eval_items)
-            | "Evaluate" >> EvaluatePerCategory(settings.run_dir, bins=settings.eval_bins, curves=True)
+            | "Evaluate" >> EvaluatePerCategory(settings.run_dir, bins=settings.eval_bins, curves=True,
+                                                parquet_url=settings.metrics_parquet)
         )
     listing = tuple(files) | "AllWrittenFiles" >> beam.Flatten() | "ListWrittenFiles" >> ListWrittenFiles(settings.run_dir, settings.run_id)
     return {"images": images, "records": records, "failures": failures, "listing": listing}

@@ -14,6 +14,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.presentation import OVERLAY_MODES
 
+from .table import TableError, parse_scan_date, today_utc
+
 LAYOUTS = ("auto", "folder", "mvtec", "visa", "tar")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -67,6 +69,14 @@ class ClipSAMOptions(PipelineOptions):
             help="normal (good) images to calibrate on first (every image of a folder or shards; the train split "
                  "of an MVTec-AD or VisA root): scored into <output>/<run_id>/calibration/, "
                  "thresholds written to <output>/<run_id>/thresholds.json, then --input is scored with them")
+        add("--table", default=None,
+            help="results table URL (Delta Lake, local folder or gs://...): records, failures and metrics of this run "
+                 "become night --scan_date of <table>/{records,failures,metrics} in one commit per table; a rerun "
+                 "of a night replaces it (python -m pipeline.table, README \"The nightly results table\")")
+        add("--scan_date", default=None, help="the night this run is, YYYY-MM-DD (default: today, UTC); with --table")
+        add("--skip_scored", action="store_true", default=False,
+            help="with --table: leave out every image whose content the table already holds, scored with the same "
+                 "model and thresholds digests (other nights only); counted in the summary and report")
         add("--graph_only", action="store_true", default=False,
             help="build and check the job graph, print it, and exit without running (works offline, any runner)")
 
@@ -115,6 +125,14 @@ def validate(options: ClipSAMOptions) -> None:
         raise OptionError(f"--gallery_size must be in [0, 100], got {options.gallery_size}")
     if options.model_copies < 0:
         raise OptionError(f"--model_copies must be >= 0, got {options.model_copies}")
+    if options.table:
+        options.table = absolute_local(options.table)
+        try:
+            options.scan_date = parse_scan_date(options.scan_date or today_utc())
+        except TableError as exc:
+            raise OptionError(str(exc)) from None
+    elif options.scan_date or options.skip_scored:
+        raise OptionError(f"--{'scan_date' if options.scan_date else 'skip_scored'} needs --table")
     if options.run_id is None:
         options.run_id = default_run_id()
     if not re.fullmatch(r"[A-Za-z0-9._-]+", options.run_id):

@@ -5,8 +5,8 @@
 
 Order of work: check every flag (unknown ones too) and the runner → read the model manifest →
 probe that --output is writable → list inputs → build the graph → withdraw an earlier
-`_SUCCESS.json` → run → summary and report.html from the run's aggregates → `_SUCCESS.json`,
-last (`run_folder`).
+`_SUCCESS.json` → run → summary from the run's aggregates → with --table, one commit per results
+table (`pipeline.table`) → report.html → `_SUCCESS.json`, last (`run_folder`).
 Everything before "run" happens on the launching machine and fails fast (exit 2) with one line
 naming the bad flag, store or input.
 """
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -31,6 +33,7 @@ from model_store.preflight import check_profile
 from model_store.random_store import is_random
 from model_store.store import join_url
 from transforms.progress import NAMESPACE
+from transforms.records import PIPELINE_VERSION
 from transforms.stages import ModelSpec
 
 from . import run_folder
@@ -39,6 +42,7 @@ from .graph import GraphSettings, build_graph, default_num_shards
 from .logs import show_progress
 from .options import ClipSAMOptions, OptionError, mmr_overrides, validate
 from .report import write_report
+from .table import RunLayout, TableError, commit_run, files_by_kind, iter_scored_keys, table_layout
 from .summary import RunSummary, summarize_run
 from .threshold import calibrate, check_thresholds_model, read_thresholds, summary_text, write_thresholds
 
@@ -57,6 +61,7 @@ class PreparedRun:
     units: list
     skipped: dict[str, int]  # files left out on purpose at listing, by reason
     argv: list[str]  # the command line, for the report
+    table: Optional[RunLayout] = None  # --table: where this run's files go in the results table
 
 
 def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
@@ -113,7 +118,28 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
         overlay_max_side=options.overlay_max_side,
         gallery_size=options.gallery_size,
     )
-    return PreparedRun(options, beam_options, settings, units, listing.skipped, list(argv))
+    table = None
+    if options.table:
+        try:
+            table = table_layout(options.table, options.scan_date, options.run_id)
+        except TableError as exc:
+            raise OptionError(f"--table: {exc}") from None
+    return PreparedRun(options, beam_options, with_table(settings, options, table), units, listing.skipped, list(argv),
+                       table)
+
+
+def with_table(settings: GraphSettings, options: ClipSAMOptions, table: Optional[RunLayout]) -> GraphSettings:
+    """`settings` writing records, failures and metrics into the results table's night (`--table`),
+    and with `--skip_scored`, skipping what the table holds for these digests (other nights)."""
+    if table is None:
+        return settings
+    skip = None
+    if options.skip_scored:
+        skip = functools.partial(iter_scored_keys, options.table, settings.digests, settings.thresholds_digest,
+                                 excluding_scan_date=table.scan_date)
+    return dataclasses.replace(settings, records_prefix=table.prefixes["records"],
+                               failures_prefix=table.prefixes["failures"], metrics_parquet=table.metrics_file,
+                               skip_keys=skip)
 
 
 def calibrated_thresholds(thresholds: Thresholds) -> dict[str, tuple[float, float]]:
@@ -191,7 +217,7 @@ def run_with_calibration(argv: list[str], prepared: PreparedRun) -> RunSummary |
     run_dir = prepared.settings.run_dir
     calibration = prepare(argv, {"input": options.calibrate_on, "calibrate_on": None, "output": run_dir,
                                  "run_id": CALIBRATION, "layout": "auto", "split": "train", "store_maps": True, "evaluate": "off",
-                                 "write_overlays": "none"})
+                                 "write_overlays": "none", "table": None, "scan_date": None, "skip_scored": False})
     if options.graph_only:
         execute(calibration)
         return execute(prepared)
@@ -206,8 +232,8 @@ def run_with_calibration(argv: list[str], prepared: PreparedRun) -> RunSummary |
     url = join_url(run_dir, THRESHOLDS_FILE)
     write_thresholds(url, thresholds)
     LOG.info("wrote %s (sha256 %s):\n%s", url, thresholds.digest(), summary_text(thresholds))
-    settings = dataclasses.replace(prepared.settings, thresholds=calibrated_thresholds(thresholds),
-                                   thresholds_digest=thresholds.digest())
+    settings = with_table(dataclasses.replace(prepared.settings, thresholds=calibrated_thresholds(thresholds),
+                                              thresholds_digest=thresholds.digest()), options, prepared.table)
     return execute(dataclasses.replace(prepared, settings=settings), thresholds_url=url, extra_files=[url])
 
 
@@ -249,6 +275,11 @@ def execute(prepared: PreparedRun, thresholds_url: str | None = None, extra_file
     if thresholds_url:
         summary.thresholds = f"{thresholds_url} (sha256 {settings.thresholds_digest})"
         summary.default_threshold_categories = sorted(set(summary.categories) - set(settings.thresholds or {}))
+    if prepared.table is not None:
+        summary.files["records"] = f"{prepared.table.prefixes['records']}-*.parquet"
+        summary.files["failures"] = f"{prepared.table.prefixes['failures']}-*.parquet"
+    if prepared.table is not None:
+        summary.table = commit_to_table(prepared, files)
     if prepared.options.report == "on":
         summary.files["report"] = write_report(summary)
     marker = run_folder.finish(settings.run_dir, settings.run_id,
@@ -256,6 +287,18 @@ def execute(prepared: PreparedRun, thresholds_url: str | None = None, extra_file
     summary.files["success"] = marker
     print(summary.text())
     return summary
+
+
+def commit_to_table(prepared: PreparedRun, files: list[str]) -> str:
+    """Add this run's files to the results table as night --scan_date, one commit per table
+    (`pipeline.table.commit_run`); returns a line for the summary."""
+    table, settings = prepared.table, prepared.settings
+    metadata = {"run_id": settings.run_id, "model_profile": settings.spec.profile, "model_digests": settings.digests,
+                "thresholds_digest": settings.thresholds_digest, "pipeline_version": PIPELINE_VERSION}
+    versions = commit_run(table.table_url, table.scan_date, files_by_kind(table, files), metadata)
+    LOG.info("committed night %s to %s: %s", table.scan_date, table.table_url, versions)
+    return f"{table.table_url}, night {table.scan_date}, versions " + ", ".join(
+        f"{kind} {'unchanged' if version is None else version}" for kind, version in sorted(versions.items()))
 
 
 def report_settings(prepared: PreparedRun, runner: str) -> dict[str, str]:
@@ -282,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TableError as exc:
+        print(f"error: the run's files are written but not committed to --table (rerun the night): {exc}",
+              file=sys.stderr)
+        return 1
     return 1 if summary is not None and summary.lost else 0
 
 

@@ -41,6 +41,8 @@ class RunSummary:
     failure_samples: list[dict] = field(default_factory=list, repr=False)
     curves: dict[str, dict[str, dict]] = field(default_factory=dict, repr=False)
     settings: dict[str, str] = field(default_factory=dict)  # what the run was asked to do, for the report
+    skipped_scored: dict[str, int] = field(default_factory=dict)  # --skip_scored: images left out, by category
+    table: Optional[str] = None  # --table: the table, night and versions this run committed
 
     def total(self, name: str) -> int:
         """A per-category count summed over categories (`images`, `ng`, `ok`, `sam_used`, ...)."""
@@ -89,6 +91,11 @@ class RunSummary:
             lines.append(f"  WARNING: {RANDOM_WEIGHTS_NOTE}")
         if self.skipped:
             lines.append(f"  skipped on purpose at listing: {_fmt_counts(self.skipped)}")
+        if self.skipped_scored:
+            lines.append(f"  skipped as already scored in the table: {sum(self.skipped_scored.values())} "
+                         f"({_fmt_counts(self.skipped_scored)})")
+        if self.table:
+            lines.append(f"  table:    {self.table}")
         if self.lost:
             example = f", e.g. {self.lost_examples[0]}" if self.lost_examples else ""
             lines.append(f"  ERROR: {self.lost} listed inputs were lost by the runner (failure rows of type {LOST}){example}")
@@ -137,4 +144,5 @@ def summarize_run(run_dir: str, *, files: list[str], counters: dict[str, int], e
         failure_samples=data["failures"]["samples"],
         curves=_read_json(join_url(run_dir, CURVES_JSON), listed) or {},
         settings=dict(settings or {}),
+        skipped_scored=data.get("skipped_scored", {}),
     )

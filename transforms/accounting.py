@@ -6,8 +6,8 @@ row back:
 1. listed units ⋈ units read (`UnitRead`, emitted by the reader after a unit's outputs): a unit
    that was never read gives one Lost row for its URI (`LostUnits`);
 2. everything the reader produced (images and read failures, by image id) ⋈ the final rows
-   (records and failure rows, by image id): each produced image id with fewer final rows than
-   reads gives a Lost row per missing one (`LostRows`).
+   (records, failure rows and images skipped as already scored, by image id): each produced
+   image id with fewer final rows than reads gives a Lost row per missing one (`LostRows`).
 """
 from __future__ import annotations
 
@@ -66,16 +66,17 @@ def _lost_rows(keyed: tuple[str, dict[str, list]], run_id: str) -> Iterator[dict
 
 
 class LostRows(beam.PTransform):
-    """(produced, records, failure rows) → Lost failure rows. `produced`: the reader's
-    ImageElements and Failures; records and failure rows are dicts with an `image_id`."""
+    """(produced, records, failure rows, skipped) → Lost failure rows. `produced`: the reader's
+    ImageElements and Failures; records, failure rows and skipped images (`--skip_scored`) are
+    dicts with an `image_id`."""
 
     def __init__(self, run_id: str) -> None:
         super().__init__()
         self.run_id = run_id
 
-    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection, beam.PCollection]) -> beam.PCollection:
-        produced, records, failures = inputs
-        rows: Iterable = (records, failures) | "AllRows" >> beam.Flatten()
+    def expand(self, inputs: tuple[beam.PCollection, ...]) -> beam.PCollection:
+        produced, *accounted = inputs
+        rows: Iterable = tuple(accounted) | "AllRows" >> beam.Flatten()
         return (
             {"read": produced | "KeyProduced" >> beam.Map(lambda e: (e.image_id, e.source_uri)),
              "rows": rows | "KeyRows" >> beam.Map(lambda r: (r["image_id"], 1))}

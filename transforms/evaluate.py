@@ -133,10 +133,11 @@ def metrics_table(per_category: Mapping[str, Mapping[str, Any]]) -> pa.Table:
 
 
 def write_metrics(
-    per_category: Iterable[tuple[str, Mapping[str, Any]]], output_dir: str
+    per_category: Iterable[tuple[str, Mapping[str, Any]]], output_dir: str, parquet_url: Optional[str] = None
 ) -> list[str]:
     """Write metrics.json and metrics.parquet under `output_dir` (a path or any fsspec URL), and
-    curves.json when the results carry curves ({category: {curve name: curve}}).
+    curves.json when the results carry curves ({category: {curve name: curve}}); `parquet_url`:
+    metrics.parquet elsewhere (a results table's night, `--table`).
 
     Returns the URLs written. JSON is written with allow_nan=False: a NaN reaching the
     report is a bug, not a value.
@@ -146,7 +147,7 @@ def write_metrics(
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.makedirs(root, exist_ok=True)
     base = output_dir.rstrip("/")
-    json_url, parquet_url = f"{base}/{METRICS_JSON}", f"{base}/{METRICS_PARQUET}"
+    json_url, parquet_url = f"{base}/{METRICS_JSON}", parquet_url or f"{base}/{METRICS_PARQUET}"
     _write_json(json_url, metrics_document(results))
     with fsspec.open(parquet_url, "wb") as stream:
         pq.write_table(metrics_table(results), stream, compression="zstd")
@@ -169,9 +170,11 @@ class EvaluatePerCategory(beam.PTransform):
     PCollection of the written URLs.
     """
 
-    def __init__(self, output_dir: str, bins: int = DEFAULT_BINS, curves: bool = False) -> None:
+    def __init__(self, output_dir: str, bins: int = DEFAULT_BINS, curves: bool = False,
+                 parquet_url: Optional[str] = None) -> None:
         super().__init__()
         self._output_dir = output_dir
+        self._parquet_url = parquet_url
         self._bins = check_bins(bins)
         self._curves = curves
 
@@ -180,5 +183,5 @@ class EvaluatePerCategory(beam.PTransform):
             items
             | "CombinePerCategory" >> beam.CombinePerKey(CategoryMetricsCombineFn(self._bins, self._curves))
             | "GatherCategories" >> beam.combiners.ToList()
-            | "WriteMetrics" >> beam.FlatMap(write_metrics, self._output_dir)
+            | "WriteMetrics" >> beam.FlatMap(write_metrics, self._output_dir, self._parquet_url)
         )

@@ -50,6 +50,7 @@ RECORD_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("content_sha256", pa.string(), nullable=False),  # sha256 of the image file's bytes
         pa.field("category", pa.string(), nullable=False),
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
@@ -165,6 +166,7 @@ def to_record(
     return {
         "image_id": element.image_id,
         "source_uri": element.source_uri,
+        "content_sha256": element.content_sha256,
         "category": element.category,
         "width": element.width,
         "height": element.height,
