@@ -139,6 +139,37 @@ def is_tar_path(path: str) -> bool:
     return path.lower().endswith(TAR_SUFFIXES)
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """One `--input` URL and how to list it (`scan_inputs`' arguments): what the launcher hands
+    the pipeline, which lists it on a worker."""
+
+    url: str
+    layout: str = "auto"
+    category: Optional[str] = None
+    split: Optional[str] = "test"
+
+    def scan(self) -> Listing:
+        return scan_inputs(self.url, self.layout, self.category, self.split)
+
+
+def check_input(spec: InputSpec) -> None:
+    """The launcher's cheap check of an input before the pipeline lists it: a literal file or
+    folder must exist, a glob's folder (the path up to its first wildcard) must exist; no
+    listing. Raises ValueError naming the input, as `scan_inputs` would."""
+    if spec.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {spec.layout!r}")
+    fs, path, literal = _resolve(spec.url)
+    if not literal and _has_magic(path):
+        if spec.layout in ("mvtec", "visa"):
+            raise ValueError(f"layout {spec.layout!r} needs a root folder, not a glob: {spec.url!r}")
+        base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rpartition("/")[0]
+        if base and not fs.isdir(base):
+            raise ValueError(f"input {spec.url!r} matches no files")
+    elif not fs.exists(path):
+        raise ValueError(f"input {spec.url!r} matches no files")
+
+
 def list_inputs(
     url: str,
     layout: str = "auto",

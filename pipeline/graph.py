@@ -12,7 +12,6 @@ inputs that a runner loses on the way become `Lost` failure rows (`transforms.ac
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -21,14 +20,14 @@ from apache_beam.ml.inference.base import RunInference
 
 from model_store.store import join_url
 from transforms.evaluate import EvaluatePerCategory, eval_items
-from transforms.read import FAILURES, IMAGES, PRODUCED, ReadImages
+from transforms.read import FAILURES, IMAGES, NOTES, PRODUCED, ReadImages
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
 from transforms.routing import split_failures
 from transforms.stages import CountResults, ModelSpec, Scored, Stage1Handler, Stage2Handler, Stage2Input
 from transforms.accounting import LostRows
 from transforms.skip_scored import SkipScored, split_skipped
 from transforms.presentation import REPORT_DATA, Present, RunAggregates, split_presentation
-from transforms.write import ListWrittenFiles, WriteFileShards, WriteParquetShards
+from transforms.write import ListWrittenFiles, WriteFileShards, WriteParquetShards, shards_for
 
 LOG = logging.getLogger(__name__)
 IMAGES_PER_SHARD = 5000
@@ -43,12 +42,13 @@ class GraphSettings:
     digests: dict[str, str]
     run_id: str
     batch_size: int
-    num_shards: int
+    num_shards: int  # record files; 0: one per IMAGES_PER_SHARD records, counted in the pipeline
     store_maps: bool
-    evaluate: bool
+    evaluate: bool  # add the evaluation branch (metrics for the images with ground truth)
     eval_bins: int
     pixel_limit: int
     model_copies: int
+    metrics_when_unlabelled: bool = False  # --eval=on: write metrics files even when no image has ground truth
     random_weights: bool = False  # the store holds make-random weights: scores mean nothing
     thresholds: Optional[dict[str, tuple[float, float]]] = None  # category → (pixel, image), from --thresholds
     thresholds_digest: Optional[str] = None  # sha256 of that file's canonical JSON
@@ -62,10 +62,6 @@ class GraphSettings:
     skip_keys: Optional[Callable[[], Any]] = None  # --skip_scored: reads the table's content hashes to skip
 
 
-def default_num_shards(num_inputs: int) -> int:
-    return max(1, math.ceil(num_inputs / IMAGES_PER_SHARD))
-
-
 def _handler_kwargs(settings: GraphSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"min_batch_size": 1, "max_batch_size": settings.batch_size}
     if settings.model_copies:
@@ -73,12 +69,13 @@ def _handler_kwargs(settings: GraphSettings) -> dict[str, Any]:
     return kwargs
 
 
-def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings,
+def build_graph(pipeline: beam.Pipeline, source: list, settings: GraphSettings,
                 tap: Optional[beam.PTransform] = None) -> dict[str, beam.PCollection]:
     """Add the whole job to `pipeline`; returns the main PCollections (for tests and metrics).
+    `source`: the inputs (`InputSpec`s, listed in the pipeline) or units listed already.
     `tap` (tests only): a transform applied to the scored images before anything is written,
     e.g. one that drops an image, to check that accounting turns it into a Lost row."""
-    read = pipeline | "ReadImages" >> ReadImages(units, pixel_limit=settings.pixel_limit)
+    read = pipeline | "ReadImages" >> ReadImages(source, pixel_limit=settings.pixel_limit)
     images, read_failures = read[IMAGES], read[FAILURES]
     skipped = pipeline | "NoneSkipped" >> beam.Create([])
     if settings.skip_keys is not None:
@@ -113,13 +110,14 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings,
     failures = (failures, lost) | "FailuresAndLost" >> beam.Flatten()
     gallery, overlays = split_presentation(stage2 | "Present" >> beam.ParDo(
         Present(settings.thresholds, settings.write_overlays, settings.overlay_max_side)))
+    shards = settings.num_shards or shards_for(records, IMAGES_PER_SHARD)
     files = [
         records | "WriteRecords" >> WriteParquetShards(settings.records_prefix or join_url(settings.run_dir, "records"),
-                                                       RECORD_SCHEMA, settings.num_shards),
+                                                       RECORD_SCHEMA, shards),
         failures | "WriteFailures" >> WriteParquetShards(settings.failures_prefix or join_url(settings.run_dir, "failures"),
                                                          FAILURE_SCHEMA, 1),
-        overlays | "WriteOverlays" >> WriteFileShards(settings.run_dir, settings.num_shards),
-        (gallery, failures, skipped) | "RunAggregates" >> RunAggregates(join_url(settings.run_dir, REPORT_DATA),
+        overlays | "WriteOverlays" >> WriteFileShards(settings.run_dir, shards),
+        (gallery, failures, skipped, read[NOTES]) | "RunAggregates" >> RunAggregates(join_url(settings.run_dir, REPORT_DATA),
                                                                         settings.gallery_size),
     ]
     if settings.evaluate:
@@ -127,7 +125,8 @@ def build_graph(pipeline: beam.Pipeline, units: list, settings: GraphSettings,
             stage2
             | "EvalItems" >> beam.FlatMap(eval_items)
             | "Evaluate" >> EvaluatePerCategory(settings.run_dir, bins=settings.eval_bins, curves=True,
-                                                parquet_url=settings.metrics_parquet)
+                                                parquet_url=settings.metrics_parquet,
+                                                write_empty=settings.metrics_when_unlabelled)
         )
     listing = tuple(files) | "AllWrittenFiles" >> beam.Flatten() | "ListWrittenFiles" >> ListWrittenFiles(settings.run_dir, settings.run_id)
     return {"images": images, "records": records, "failures": failures, "listing": listing}

@@ -27,7 +27,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from clipsam.thresholds import Thresholds
-from inputs.layouts import Listing, scan_inputs
+from inputs.layouts import InputSpec, Listing, check_input, scan_inputs
 from model_store.errors import ModelStoreError
 from model_store.preflight import check_profile
 from model_store.random_store import is_random
@@ -38,7 +38,7 @@ from transforms.stages import ModelSpec
 
 from . import run_folder
 from .flags import check_known_flags, check_runner, check_service_locations, help_parser
-from .graph import GraphSettings, build_graph, default_num_shards
+from .graph import GraphSettings, build_graph
 from .logs import show_progress
 from .options import ClipSAMOptions, OptionError, mmr_overrides, validate
 from .report import write_report
@@ -58,8 +58,7 @@ class PreparedRun:
     options: ClipSAMOptions
     beam_options: PipelineOptions
     settings: GraphSettings
-    units: list
-    skipped: dict[str, int]  # files left out on purpose at listing, by reason
+    inputs: list[InputSpec]  # the --input URLs, listed inside the pipeline
     argv: list[str]  # the command line, for the report
     table: Optional[RunLayout] = None  # --table: where this run's files go in the results table
 
@@ -94,10 +93,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
             run_folder.probe_writable(run_dir)
         except Exception as exc:  # fsspec back ends raise many types (PermissionError, HttpError, ...)
             raise OptionError(f"--output: cannot write to {options.output}: {type(exc).__name__}: {exc}") from None
-    listing = scan_all_inputs(options.input, options.layout, options.category, options.split)
-    units = listing.units
-    has_truth = any(getattr(u, "label", None) is not None for u in units)
-    evaluate = options.evaluate == "on" or (options.evaluate == "auto" and has_truth)
+    inputs = input_specs(options.input, options.layout, options.category, options.split)
     device = None if options.device == "auto" else options.device
     settings = GraphSettings(
         run_dir=run_dir,
@@ -105,9 +101,10 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
         digests=manifest.digests(),
         run_id=options.run_id,
         batch_size=options.batch_size,
-        num_shards=options.num_shards or default_num_shards(len(units)),
+        num_shards=options.num_shards,
         store_maps=options.store_maps,
-        evaluate=evaluate,
+        evaluate=options.evaluate != "off",
+        metrics_when_unlabelled=options.evaluate == "on",
         eval_bins=options.eval_bins,
         pixel_limit=options.pixel_limit,
         model_copies=options.model_copies,
@@ -124,8 +121,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
             table = table_layout(options.table, options.scan_date, options.run_id)
         except TableError as exc:
             raise OptionError(f"--table: {exc}") from None
-    return PreparedRun(options, beam_options, with_table(settings, options, table), units, listing.skipped, list(argv),
-                       table)
+    return PreparedRun(options, beam_options, with_table(settings, options, table), inputs, list(argv), table)
 
 
 def with_table(settings: GraphSettings, options: ClipSAMOptions, table: Optional[RunLayout]) -> GraphSettings:
@@ -147,6 +143,20 @@ def calibrated_thresholds(thresholds: Thresholds) -> dict[str, tuple[float, floa
     others fall back to the profile default in the records."""
     return {name: (entry.pixel_threshold, entry.image_threshold)
             for name in thresholds.categories if (entry := thresholds.calibrated(name)) is not None}
+
+
+def input_specs(inputs: str, layout: str, category: str | None, split: str) -> list[InputSpec]:
+    """One InputSpec per comma-separated --input URL, each checked cheaply (`check_input`: it
+    exists; nothing is listed here, the pipeline lists); OptionError naming --input otherwise."""
+    specs = []
+    for url in filter(None, (part.strip() for part in inputs.split(","))):
+        spec = InputSpec(url, layout, category, split)
+        try:
+            check_input(spec)
+        except (ValueError, OSError) as exc:
+            raise OptionError(f"--input: {exc}") from None
+        specs.append(spec)
+    return sorted(set(specs), key=lambda s: s.url)
 
 
 def scan_all_inputs(inputs: str, layout: str, category: str | None, split: str = "test") -> Listing:
@@ -223,7 +233,7 @@ def run_with_calibration(argv: list[str], prepared: PreparedRun) -> RunSummary |
         return execute(prepared)
     run_folder.withdraw_success(run_dir)
     LOG.info("calibrating on %s (%d inputs, all taken as normal) into %s",
-             options.calibrate_on, len(calibration.units), calibration.settings.run_dir)
+             options.calibrate_on, len(calibration.inputs), calibration.settings.run_dir)
     calibration_summary = execute(calibration)
     if calibration_summary is not None and calibration_summary.lost:
         raise OptionError(f"--calibrate_on: the calibration run lost {calibration_summary.lost} inputs; "
@@ -246,15 +256,15 @@ def execute(prepared: PreparedRun, thresholds_url: str | None = None, extra_file
     runner = runner_name(prepared.beam_options)
     LOG.info(
         "run %s: %d inputs from %s, profile %s, runner %s, output %s",
-        settings.run_id, len(prepared.units), prepared.options.input, settings.spec.profile, runner, settings.run_dir,
+        settings.run_id, len(prepared.inputs), prepared.options.input, settings.spec.profile, runner, settings.run_dir,
     )
     if settings.random_weights:
         LOG.warning("profile %s at %s holds RANDOM weights (make-random): scores mean nothing",
                     settings.spec.profile, prepared.options.model_store)
     pipeline = beam.Pipeline(runner=runner, options=prepared.beam_options)
-    build_graph(pipeline, prepared.units, settings)
+    build_graph(pipeline, prepared.inputs, settings)
     if prepared.options.graph_only:
-        print(json.dumps({"runner": runner, "inputs": len(prepared.units), "transforms": graph_description(pipeline)}, indent=2))
+        print(json.dumps({"runner": runner, "inputs": len(prepared.inputs), "transforms": graph_description(pipeline)}, indent=2))
         return None
     run_folder.withdraw_success(settings.run_dir)
     start = time.monotonic()
@@ -268,7 +278,6 @@ def execute(prepared: PreparedRun, thresholds_url: str | None = None, extra_file
         files=files,
         counters=beam_counters(result),
         elapsed_s=time.monotonic() - start,
-        skipped=prepared.skipped,
         random_weights=settings.random_weights,
         settings=report_settings(prepared, runner),
     )
@@ -309,7 +318,6 @@ def report_settings(prepared: PreparedRun, runner: str) -> dict[str, str]:
         "model store": f"{options.model_store} (profile {settings.spec.profile})",
         "model digests": ", ".join(f"{role} {digest[:12]}" for role, digest in sorted(settings.digests.items())),
         "runner": runner,
-        "inputs listed": str(len(prepared.units)),
         "flags": " ".join(prepared.argv),
     }
 

@@ -34,6 +34,7 @@ class RunSummary:
     counters: dict[str, int] = field(default_factory=dict)  # the job's Beam counters (namespace clipsam)
     files: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # files left out on purpose at listing, by reason
+    listed_units: int = 0  # image files and tar shards the pipeline listed
     random_weights: bool = False  # the model store held make-random weights: the scores mean nothing
     thresholds: Optional[str] = None  # the --thresholds file in force (URL), None: profile defaults
     default_threshold_categories: list[str] = field(default_factory=list)  # categories it does not calibrate
@@ -71,8 +72,8 @@ class RunSummary:
 
     def text(self) -> str:
         lines = [
-            f"run finished in {self.elapsed_s:.1f}s: {self.num_records} records, {self.num_failures} failures, "
-            f"SAM used on {self.sam_used} images",
+            f"run finished in {self.elapsed_s:.1f}s: {self.listed_units} files listed, {self.num_records} records, "
+            f"{self.num_failures} failures, SAM used on {self.sam_used} images",
             "  counters: " + (_fmt_counts(self.counters) or "none reported by this runner"),
             f"  records:  {self.files['records']}",
             f"  failures: {self.files['failures']}" + (f"  ({_fmt_counts(self.failures_by_type)})" if self.failures_by_type else ""),
@@ -115,11 +116,9 @@ def _read_json(url: str, listed: set[str]) -> Optional[Any]:
 
 
 def summarize_run(run_dir: str, *, files: list[str], counters: dict[str, int], elapsed_s: float,
-                  skipped: Optional[dict[str, int]] = None, random_weights: bool = False,
-                  settings: Optional[dict[str, str]] = None) -> RunSummary:
+                  random_weights: bool = False, settings: Optional[dict[str, str]] = None) -> RunSummary:
     """The summary of a finished run from its aggregates: only `files`, the URLs this run wrote,
-    are read (a folder reused by an earlier run may still hold others). `skipped`: files left
-    out on purpose at listing, by reason (`inputs.layouts.Listing.skipped`). `random_weights`:
+    are read (a folder reused by an earlier run may still hold others). `random_weights`:
     the store's weights came from `make-random`; the summary and the report say the scores mean
     nothing. `settings`: what the run was asked to do (flags, store, profile), shown in the report."""
     listed = {fsspec.core.url_to_fs(url)[1] for url in files}
@@ -138,7 +137,8 @@ def summarize_run(run_dir: str, *, files: list[str], counters: dict[str, int], e
             "failures": join_url(run_dir, "failures-*.parquet"),
             "metrics": join_url(run_dir, METRICS_JSON),
         },
-        skipped=dict(sorted((skipped or {}).items())),
+        skipped=data["listing"]["skipped"],
+        listed_units=data["listing"]["units"],
         random_weights=random_weights,
         galleries=data["galleries"],
         failure_samples=data["failures"]["samples"],

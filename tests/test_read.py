@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.conftest import REPO, BrokenInputs, GcsEmulator, tar_bytes
 from inputs.elements import STAGE_DECODE, STAGE_READ, Failure, ImageElement, make_image_id
-from inputs.layouts import InputUnit, list_inputs
+from inputs.layouts import InputSpec, InputUnit, list_inputs
 from transforms.progress import NAMESPACE as METRICS_NAMESPACE
 from inputs.reader import read_unit
 from transforms.read import FAILURES, IMAGES, ReadImages
@@ -499,10 +499,28 @@ class TestReadImagesPipeline:
         assert counter(result, "read_failed") == failures == 8
         assert counter(result, "read_ok") == len(expected) - failures == 21
 
+    def test_inputs_listed_inside_the_pipeline(self, broken_inputs, visa_sample_dir, real_data_dir, tmp_path):
+        """The launcher's path: InputSpecs listed by the pipeline give the same outcomes as units
+        listed beforehand; a file two inputs list is read once; an input that cannot be listed
+        is one UnusableInput failure."""
+        mvtec = real_data_dir / "mvtec_ad_256"
+        bad_visa = tmp_path / "bad_visa"
+        (bad_visa / "split_csv").mkdir(parents=True)
+        (bad_visa / "split_csv" / "1cls.csv").write_bytes(b"object,split,label,image,mask\nx,test\n")
+        specs = [InputSpec(str(broken_inputs.root)), InputSpec(str(visa_sample_dir)),
+                 InputSpec(str(mvtec), category="hazelnut"), InputSpec(str(mvtec / "hazelnut"), layout="mvtec"),
+                 InputSpec(str(bad_visa))]
+        expected = (
+            expected_broken(broken_inputs) + expected_visa(visa_sample_dir)
+            + expected_mvtec(mvtec / "hazelnut") + [("failure", "", "UnusableInput")]
+        )
+        bases = [local_url(broken_inputs.root), local_url(visa_sample_dir), local_url(mvtec), str(bad_visa)]
+        run_read_pipeline(ReadImages(specs), bases, expected, PipelineOptions())
+
     def test_from_url_lists_at_construction(self, tmp_path: Path, visa_sample_dir: Path):
         with pytest.raises(ValueError, match="matches no files"):
             ReadImages.from_url(str(tmp_path / "nope"))
-        with pytest.raises(ValueError, match="at least one input unit"):
+        with pytest.raises(ValueError, match="at least one input"):
             ReadImages([])
         read_images = ReadImages.from_url(str(visa_sample_dir), split="train", min_side=200)
         expected = [("failure", "candle_synth/Data/Images/Normal/002.JPG", "ImageTooSmall")]

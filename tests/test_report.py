@@ -164,7 +164,7 @@ def test_an_image_dropped_inside_the_pipeline_becomes_a_lost_row(real_data_dir, 
     prepared = prepare([f"--input={source}", f"--output={tmp_path}", f"--model_store={untrained_store}",
                         "--run_id=lost", "--runner=FnApiRunner", "--write_overlays=none", "--eval=off"])
     pipeline = beam.Pipeline(runner=runner_name(prepared.beam_options), options=prepared.beam_options)
-    build_graph(pipeline, prepared.units, prepared.settings, tap=_DropOne(make_image_id(victim)))
+    build_graph(pipeline, prepared.inputs, prepared.settings, tap=_DropOne(make_image_id(victim)))
     pipeline.run().wait_until_finish()
     run_dir = prepared.settings.run_dir
     failures = read_rows(run_dir, "failures")
@@ -172,4 +172,4 @@ def test_an_image_dropped_inside_the_pipeline_becomes_a_lost_row(real_data_dir, 
     assert victim not in {r["source_uri"] for r in read_rows(run_dir, "records")}
     summary = summarize_run(run_dir, files=written_files(run_dir), counters={}, elapsed_s=0.0)
     assert summary.lost == 1 and summary.lost_examples == [victim]
-    assert summary.num_records == len(prepared.units) - 1
+    assert summary.num_records == summary.listed_units - 1

@@ -133,16 +133,20 @@ def metrics_table(per_category: Mapping[str, Mapping[str, Any]]) -> pa.Table:
 
 
 def write_metrics(
-    per_category: Iterable[tuple[str, Mapping[str, Any]]], output_dir: str, parquet_url: Optional[str] = None
+    per_category: Iterable[tuple[str, Mapping[str, Any]]], output_dir: str, parquet_url: Optional[str] = None,
+    write_empty: bool = True,
 ) -> list[str]:
     """Write metrics.json and metrics.parquet under `output_dir` (a path or any fsspec URL), and
     curves.json when the results carry curves ({category: {curve name: curve}}); `parquet_url`:
-    metrics.parquet elsewhere (a results table's night, `--table`).
+    metrics.parquet elsewhere (a results table's night, `--table`). Without any category (no image
+    had ground truth) nothing is written unless `write_empty`.
 
     Returns the URLs written. JSON is written with allow_nan=False: a NaN reaching the
     report is a bug, not a value.
     """
     results = dict(per_category)
+    if not results and not write_empty:
+        return []
     curves = {name: results[name].pop("curves") for name in sorted(results) if "curves" in results[name]}
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.makedirs(root, exist_ok=True)
@@ -171,10 +175,11 @@ class EvaluatePerCategory(beam.PTransform):
     """
 
     def __init__(self, output_dir: str, bins: int = DEFAULT_BINS, curves: bool = False,
-                 parquet_url: Optional[str] = None) -> None:
+                 parquet_url: Optional[str] = None, write_empty: bool = True) -> None:
         super().__init__()
         self._output_dir = output_dir
         self._parquet_url = parquet_url
+        self._write_empty = write_empty
         self._bins = check_bins(bins)
         self._curves = curves
 
@@ -183,5 +188,5 @@ class EvaluatePerCategory(beam.PTransform):
             items
             | "CombinePerCategory" >> beam.CombinePerKey(CategoryMetricsCombineFn(self._bins, self._curves))
             | "GatherCategories" >> beam.combiners.ToList()
-            | "WriteMetrics" >> beam.FlatMap(write_metrics, self._output_dir, self._parquet_url)
+            | "WriteMetrics" >> beam.FlatMap(write_metrics, self._output_dir, self._parquet_url, self._write_empty)
         )

@@ -151,7 +151,7 @@ def _failure_key(row: dict) -> tuple[str, str, str]:
 def write_report_data(parts: list[tuple[str, Any]], url: str) -> str:
     """Gathered (kind, value) aggregates → the report-data.json document at `url`."""
     document: dict[str, Any] = {"categories": {}, "galleries": {}, "failures": {"by_type": {}, "samples": []},
-                                "skipped_scored": {}}
+                                "skipped_scored": {}, "listing": {"inputs": 0, "units": 0, "skipped": {}}}
     for kind, value in parts:
         if kind == "counts":
             document["categories"][value[0]] = value[1]
@@ -160,6 +160,12 @@ def write_report_data(parts: list[tuple[str, Any]], url: str) -> str:
             document["galleries"].setdefault(category, {})[kind] = [item.to_json() for item in items]
         elif kind == "failure_type":
             document["failures"]["by_type"][value[0]] = value[1]
+        elif kind == "listing":
+            listing = document["listing"]
+            listing["inputs"] += 1
+            listing["units"] += value.units
+            for reason, count in value.skipped.items():
+                listing["skipped"][reason] = listing["skipped"].get(reason, 0) + count
         elif kind == "skipped_scored":
             document["skipped_scored"][value[0]] = value[1]
         elif kind == "failure_samples":
@@ -168,21 +174,23 @@ def write_report_data(parts: list[tuple[str, Any]], url: str) -> str:
     document["galleries"] = dict(sorted(document["galleries"].items()))
     document["failures"]["by_type"] = dict(sorted(document["failures"]["by_type"].items()))
     document["skipped_scored"] = dict(sorted(document["skipped_scored"].items()))
+    document["listing"]["skipped"] = dict(sorted(document["listing"]["skipped"].items()))
     with fsspec.open(url, "w", encoding="utf-8") as handle:
         json.dump(document, handle, sort_keys=True)
     return url
 
 
 class RunAggregates(beam.PTransform):
-    """(GalleryItems, failure rows, SkippedScored) → `<run_dir>/report-data.json` (module
-    docstring, plus per category the images skipped as already scored); outputs its URL."""
+    """(GalleryItems, failure rows, SkippedScored, ListingNotes) → `<run_dir>/report-data.json`
+    (module docstring, plus per category the images skipped as already scored, and what listing
+    the inputs found: units and files left out on purpose, by reason); outputs its URL."""
 
     def __init__(self, url: str, top_k: int) -> None:
         super().__init__()
         self.url, self.top_k = url, top_k
 
-    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection, beam.PCollection]) -> beam.PCollection:
-        items, failures, skipped = inputs
+    def expand(self, inputs: tuple[beam.PCollection, ...]) -> beam.PCollection:
+        items, failures, skipped, notes = inputs
         k = self.top_k
         by_category = items | "ByCategory" >> beam.Map(lambda item: (item.category, item))
         normal = by_category | "Normal" >> beam.Filter(lambda kv: kv[1].gt_label == 0)
@@ -197,6 +205,7 @@ class RunAggregates(beam.PTransform):
             | "TagAnomalous" >> beam.Map(lambda kv: ("lowest_anomalous", kv)),
             failures | "FailureTypes" >> beam.Map(lambda row: row["error_type"]) | "CountTypes" >> beam.combiners.Count.PerElement()
             | "TagTypes" >> beam.Map(lambda kv: ("failure_type", kv)),
+            notes | "Listings" >> beam.Map(lambda note: ("listing", note)),
             skipped | "SkippedByCategory" >> beam.Map(lambda s: s.category) | "CountSkipped" >> beam.combiners.Count.PerElement()
             | "TagSkipped" >> beam.Map(lambda kv: ("skipped_scored", kv)),
             failures | "FailureSamples" >> beam.combiners.Top.Of(FAILURE_SAMPLES, key=_failure_key, reverse=True)

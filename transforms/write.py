@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import zlib
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import apache_beam as beam
 import fsspec
@@ -63,12 +64,12 @@ def write_file(url: str, data: bytes) -> None:
 
 
 class _WriteParquetShard(beam.DoFn):
-    def __init__(self, prefix: str, num_shards: int, schema: pa.Schema) -> None:
-        self.prefix, self.num_shards, self.schema = prefix, num_shards, schema
+    def __init__(self, prefix: str, schema: pa.Schema) -> None:
+        self.prefix, self.schema = prefix, schema
 
-    def process(self, keyed: tuple[int, Iterable[Any]]) -> Iterable[str]:
+    def process(self, keyed: tuple[int, Iterable[Any]], num_shards: int) -> Iterable[str]:
         index, rows = keyed
-        url = shard_url(self.prefix, index, self.num_shards)
+        url = shard_url(self.prefix, index, num_shards)
         write_parquet(url, [r for r in rows if r is not None], self.schema)
         yield url
 
@@ -84,29 +85,49 @@ class _WriteFilesOfShard(beam.DoFn):
             yield url
 
 
-def _by_shard(elements: beam.PCollection, num_shards: int, image_id: Callable[[Any], str]) -> beam.PCollection:
-    return elements | "KeyByShard" >> beam.Map(lambda e: (shard_of(image_id(e), num_shards), e))
+ShardCount = Union[int, beam.PCollection]  # a fixed count, or a one-element PCollection (`shards_for`)
+
+
+def shards_for(rows: beam.PCollection, rows_per_shard: int) -> beam.PCollection:
+    """The shard count for `rows`, computed in the pipeline: ceil(rows / rows_per_shard), at least 1."""
+    return (rows
+            | "CountRows" >> beam.combiners.Count.Globally()
+            | "ShardsForRows" >> beam.Map(lambda n: max(1, math.ceil(n / rows_per_shard))))
+
+
+def _count_pcollection(pipeline: beam.Pipeline, num_shards: ShardCount) -> beam.PCollection:
+    if isinstance(num_shards, beam.PCollection):
+        return num_shards
+    if num_shards < 1:
+        raise ValueError("num_shards must be at least 1")
+    return pipeline | "ShardCount" >> beam.Create([num_shards])
+
+
+def _by_shard(elements: beam.PCollection, count: beam.PCollection, image_id: Callable[[Any], str]) -> beam.PCollection:
+    return elements | "KeyByShard" >> beam.Map(lambda e, n: (shard_of(image_id(e), n), e),
+                                                 n=beam.pvalue.AsSingleton(count))
 
 
 class WriteParquetShards(beam.PTransform):
-    """PCollection of row dicts → `num_shards` Parquet files under `prefix`; outputs the file URLs."""
+    """PCollection of row dicts → `num_shards` Parquet files under `prefix`; outputs the file URLs.
+    `num_shards`: an int, or a one-element PCollection of it (`shards_for`)."""
 
-    def __init__(self, prefix: str, schema: pa.Schema, num_shards: int = 1) -> None:
+    def __init__(self, prefix: str, schema: pa.Schema, num_shards: ShardCount = 1) -> None:
         super().__init__()
-        if num_shards < 1:
+        if isinstance(num_shards, int) and num_shards < 1:
             raise ValueError("num_shards must be at least 1")
         self.prefix, self.schema, self.num_shards = prefix, schema, num_shards
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        n = self.num_shards
-        keyed = _by_shard(rows, n, lambda r: r["image_id"])
+        count = _count_pcollection(rows.pipeline, self.num_shards)
+        keyed = _by_shard(rows, count, lambda r: r["image_id"])
         # One placeholder per shard so that empty shards are written too.
-        placeholders = rows.pipeline | "EveryShard" >> beam.Create([(i, None) for i in range(n)])
+        placeholders = count | "EveryShard" >> beam.FlatMap(lambda n: [(i, None) for i in range(n)])
         return (
             (keyed, placeholders)
             | "Together" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteParquetShard(self.prefix, n, self.schema))
+            | "WriteShard" >> beam.ParDo(_WriteParquetShard(self.prefix, self.schema), beam.pvalue.AsSingleton(count))
         )
 
 
@@ -116,15 +137,15 @@ class WriteFileShards(beam.PTransform):
     call per shard, files in path order); outputs the file URLs. Relative paths must be made of
     safe names (`safe_name`): they are joined to `root` as they are."""
 
-    def __init__(self, root: str, num_shards: int = 1) -> None:
+    def __init__(self, root: str, num_shards: ShardCount = 1) -> None:
         super().__init__()
-        if num_shards < 1:
+        if isinstance(num_shards, int) and num_shards < 1:
             raise ValueError("num_shards must be at least 1")
         self.root, self.num_shards = root, num_shards
 
     def expand(self, files: beam.PCollection) -> beam.PCollection:
         return (
-            _by_shard(files, self.num_shards, lambda f: f[0])
+            _by_shard(files, _count_pcollection(files.pipeline, self.num_shards), lambda f: f[0])
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteFiles" >> beam.ParDo(_WriteFilesOfShard(self.root))
         )
