@@ -93,7 +93,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
             run_folder.probe_writable(run_dir)
         except Exception as exc:  # fsspec back ends raise many types (PermissionError, HttpError, ...)
             raise OptionError(f"--output: cannot write to {options.output}: {type(exc).__name__}: {exc}") from None
-    inputs = input_specs(options.input, options.layout, options.category, options.split)
+    inputs = input_specs(options.input, options.layout, options.category, options.split, check=not options.graph_only)
     device = None if options.device == "auto" else options.device
     settings = GraphSettings(
         run_dir=run_dir,
@@ -145,14 +145,16 @@ def calibrated_thresholds(thresholds: Thresholds) -> dict[str, tuple[float, floa
             for name in thresholds.categories if (entry := thresholds.calibrated(name)) is not None}
 
 
-def input_specs(inputs: str, layout: str, category: str | None, split: str) -> list[InputSpec]:
+def input_specs(inputs: str, layout: str, category: str | None, split: str, check: bool = True) -> list[InputSpec]:
     """One InputSpec per comma-separated --input URL, each checked cheaply (`check_input`: it
-    exists; nothing is listed here, the pipeline lists); OptionError naming --input otherwise."""
+    exists; nothing is listed here, the pipeline lists); OptionError naming --input otherwise.
+    `check=False` (--graph_only, which must work offline) skips the check."""
     specs = []
     for url in filter(None, (part.strip() for part in inputs.split(","))):
         spec = InputSpec(url, layout, category, split)
         try:
-            check_input(spec)
+            if check:
+                check_input(spec)
         except (ValueError, OSError) as exc:
             raise OptionError(f"--input: {exc}") from None
         specs.append(spec)

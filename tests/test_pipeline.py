@@ -198,9 +198,10 @@ def test_dask_runner_runs_every_sink_and_reports_lost_images(real_data_dir, tiny
 
 
 def test_dataflow_graph_builds_offline(real_data_dir, tiny_store, tmp_path, capsys):
+    # The gs:// input is not looked at: the graph holds input URLs, the pipeline lists them.
     result = run(
         [
-            f"--input={real_data_dir / 'mvtec_ad_256'}",
+            f"--input={real_data_dir / 'mvtec_ad_256'},gs://fake-bucket/line-scans/2026-12-06/",
             f"--output={tmp_path}",
             f"--model_store={tiny_store}",
             "--runner=DataflowRunner",
@@ -214,6 +215,7 @@ def test_dataflow_graph_builds_offline(real_data_dir, tiny_store, tmp_path, caps
     printed = capsys.readouterr().out
     for step in ("ReadImages", "Stage1_CLIP_UMCI", "Stage2_SAM_MMR", "WriteRecords", "WriteFailures", "Evaluate"):
         assert step in printed
+    assert '"inputs": 2' in printed
     assert not list(tmp_path.iterdir())  # nothing ran
 
 
