@@ -93,7 +93,7 @@ def test_grey_image_as_array_path_url_and_pil_gives_the_same_prediction(untraine
     reference = untrained_model.predict(grey, "hazelnut")
     assert reference.final_map.shape == reference.mask.shape == (256, 256)
     names = ["path str", "pathlib.Path", "file:// URL", "memory:// URL", "PIL image"]
-    for name, pred in zip(names, untrained_model.predict_batch([forms[n] for n in names], ["hazelnut"] * len(names))):
+    for pred in untrained_model.predict_batch([forms[n] for n in names], ["hazelnut"] * len(names)):
         same_prediction(pred, reference)
 
 

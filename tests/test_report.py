@@ -17,6 +17,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from pipeline.graph import build_graph
 from pipeline.run import prepare, run, runner_name
@@ -103,12 +104,15 @@ def test_report_renders_in_headless_chromium(report_run, tmp_path):
     assert pixels.shape == (2000, 1280) and pixels.std() > 20  # text, tables, pictures: not a blank page
 
 
-def test_overlays_are_written_sized_and_listed(report_run):
+def test_overlays_and_defect_masks_have_the_image_size(report_run):
     run_dir, _, _ = report_run
     records = read_rows(str(run_dir), "records")
     listed = set(json.loads((run_dir / "_SUCCESS.json").read_text())["files"])
     assert {(r["width"], r["height"]) for r in records if r["category"] == "oddsize"} == {ODD}
     for record in records:
+        size = (record["height"], record["width"])
+        for rle in [record["mask_rle"]] + [defect["segmentation"] for defect in record["defects"]]:
+            assert coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).shape == size
         path = run_dir / overlay_path(record["category"], record["image_id"])
         assert str(path) in listed
         with Image.open(path) as overlay:
