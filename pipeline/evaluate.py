@@ -23,14 +23,26 @@ from model_store.store import join_url
 from inputs.decode import DecodeError, decode_mask
 from transforms.evaluate import write_metrics
 from inputs.elements import known_ground_truth
-from inputs.layouts import InputUnit
+from inputs.layouts import InputUnit, list_inputs
 
 from .logs import show_progress
-from .run import OptionError, list_all_inputs
+from .run import OptionError
 from .stored_records import score_map, stored_records
 
 LOG = logging.getLogger("clipsam.evaluate")
 COLUMNS = ["source_uri", "category", "width", "height", "image_score", "anomaly_map_png"]
+
+
+def list_all_inputs(inputs: str) -> list[InputUnit]:
+    """The units of every comma-separated URL of `inputs` (auto layout), listed here; OptionError
+    naming --ground_truth when one cannot be listed."""
+    units: set[InputUnit] = set()
+    for url in filter(None, (part.strip() for part in inputs.split(","))):
+        try:
+            units.update(list_inputs(url))
+        except (ValueError, OSError) as exc:
+            raise OptionError(f"--ground_truth: {exc}") from None
+    return sorted(units)
 
 
 def ground_truth(unit: InputUnit, shape: tuple[int, int]) -> np.ndarray | None:
@@ -42,7 +54,7 @@ def ground_truth(unit: InputUnit, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def evaluate_records(records_url: str, truth_url: str, bins: int = DEFAULT_BINS) -> dict[str, dict]:
-    units = {u.uri: u for u in list_all_inputs(truth_url, "auto", None) if u.label is not None}
+    units = {u.uri: u for u in list_all_inputs(truth_url) if u.label is not None}
     if not units:
         raise OptionError(f"--ground_truth: {truth_url} has no labelled images (use an MVTec-AD or VisA root)")
     accumulators: dict[str, CategoryMetricsAccumulator] = {}

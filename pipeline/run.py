@@ -12,7 +12,6 @@ naming the bad flag, store or input.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
@@ -27,7 +26,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from clipsam.thresholds import Thresholds
-from inputs.layouts import InputSpec, Listing, check_input, scan_inputs
+from inputs.layouts import InputSpec, check_input
 from model_store.errors import ModelStoreError
 from model_store.preflight import check_profile
 from model_store.random_store import is_random
@@ -159,27 +158,6 @@ def input_specs(inputs: str, layout: str, category: str | None, split: str, chec
             raise OptionError(f"--input: {exc}") from None
         specs.append(spec)
     return sorted(set(specs), key=lambda s: s.url)
-
-
-def scan_all_inputs(inputs: str, layout: str, category: str | None, split: str = "test") -> Listing:
-    """Units of every comma-separated input URL (each with its own layout detection), sorted, and
-    the files left out on purpose, by reason, summed over the URLs. `split`: the split of an
-    MVTec-AD or VisA root to take."""
-    units: set = set()
-    skipped: collections.Counter = collections.Counter()
-    for url in filter(None, (part.strip() for part in inputs.split(","))):
-        try:
-            listing = scan_inputs(url, layout=layout, category=category, split=split)
-        except (ValueError, OSError) as exc:
-            raise OptionError(f"--input: {exc}") from None
-        units.update(listing.units)
-        skipped.update(listing.skipped)
-    return Listing(sorted(units), dict(skipped))
-
-
-def list_all_inputs(inputs: str, layout: str, category: str | None) -> list:
-    """The units of `scan_all_inputs`."""
-    return scan_all_inputs(inputs, layout, category).units
 
 
 def graph_description(pipeline: beam.Pipeline) -> list[str]:
