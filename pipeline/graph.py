@@ -109,7 +109,7 @@ def build_graph(pipeline: beam.Pipeline, source: list, settings: GraphSettings,
     lost = (read[PRODUCED], records, failures, skipped_rows) | "Accounting" >> LostRows(settings.run_id)
     failures = (failures, lost) | "FailuresAndLost" >> beam.Flatten()
     gallery, overlays = split_presentation(stage2 | "Present" >> beam.ParDo(
-        Present(settings.thresholds, settings.write_overlays, settings.overlay_max_side)))
+        Present(settings.thresholds, settings.write_overlays, settings.overlay_max_side, settings.gallery_size)))
     shards = settings.num_shards or shards_for(records, IMAGES_PER_SHARD)
     files = [
         records | "WriteRecords" >> WriteParquetShards(settings.records_prefix or join_url(settings.run_dir, "records"),

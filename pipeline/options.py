@@ -49,6 +49,9 @@ class ClipSAMOptions(PipelineOptions):
         add("--num_shards", type=int, default=0, help="record files to write (default: one per 5,000 images)")
         add("--pixel_limit", type=int, default=64_000_000, help="images with more pixels become 'ImageTooLarge' failures (default 64 MP)")
         add("--device", default="auto", choices=DEVICES, help="where the models run (default: CUDA when available)")
+        add("--torch_threads", type=int, default=-1,
+            help="torch CPU threads per SDK process; -1 (default): cores / --direct_num_workers for local "
+                 "multi-processing, 1 on Dataflow (one SDK process per vCPU), else torch's default; 0: torch's default")
         add("--model_copies", type=int, default=0,
             help="share this many model copies per machine across SDK processes (0: one per process). Use 1 on GPU workers")
         add("--report", default="on", choices=("on", "off"), help="write report.html next to the records (default on)")
@@ -123,6 +126,8 @@ def validate(options: ClipSAMOptions) -> None:
         raise OptionError(f"--overlay_max_side must be at least 16, got {options.overlay_max_side}")
     if not 0 <= options.gallery_size <= 100:
         raise OptionError(f"--gallery_size must be in [0, 100], got {options.gallery_size}")
+    if options.torch_threads < -1:
+        raise OptionError(f"--torch_threads must be -1 (auto), 0 (torch's default) or more, got {options.torch_threads}")
     if options.model_copies < 0:
         raise OptionError(f"--model_copies must be >= 0, got {options.model_copies}")
     if options.table:

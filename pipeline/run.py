@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
     device = None if options.device == "auto" else options.device
     settings = GraphSettings(
         run_dir=run_dir,
-        spec=ModelSpec(options.model_store, options.profile, device, mmr_overrides(options) or None),
+        spec=ModelSpec(options.model_store, options.profile, device, mmr_overrides(options) or None,
+                       torch_threads(options.torch_threads, beam_options)),
         digests=manifest.digests(),
         run_id=options.run_id,
         batch_size=options.batch_size,
@@ -112,7 +114,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
         thresholds_digest=thresholds_digest,
         write_overlays=options.write_overlays,
         overlay_max_side=options.overlay_max_side,
-        gallery_size=options.gallery_size,
+        gallery_size=options.gallery_size if options.report == "on" else 0,  # galleries are for the report
     )
     table = None
     if options.table:
@@ -142,6 +144,19 @@ def calibrated_thresholds(thresholds: Thresholds) -> dict[str, tuple[float, floa
     others fall back to the profile default in the records."""
     return {name: (entry.pixel_threshold, entry.image_threshold)
             for name in thresholds.categories if (entry := thresholds.calibrated(name)) is not None}
+
+
+def torch_threads(requested: int, beam_options: PipelineOptions) -> int:
+    """The torch CPU threads each SDK process uses (`ModelSpec.threads`; 0: torch's default).
+    Auto (-1): one process per core must not each start one thread per core."""
+    if requested >= 0:
+        return requested
+    if runner_name(beam_options) == "DataflowRunner":
+        return 1
+    direct = beam_options.get_all_options()
+    if direct.get("direct_running_mode") == "multi_processing" and (direct.get("direct_num_workers") or 0) > 1:
+        return max(1, (os.cpu_count() or 1) // direct["direct_num_workers"])
+    return 0
 
 
 def input_specs(inputs: str, layout: str, category: str | None, split: str, check: bool = True) -> list[InputSpec]:

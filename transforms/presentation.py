@@ -1,7 +1,8 @@
 """What a person looks at after a run, computed inside the pipeline (DESIGN §5, README "Report").
 
 Per image, `Present` renders (`transforms.pictures.render_overlay`):
-- a small overlay for the report's galleries, carried in a `GalleryItem`;
+- a small overlay for the report's galleries, carried in a `GalleryItem`, for the images that
+  can still make a gallery (see `Present`);
 - the full overlay file `overlays/<category>/<image_id>.jpg` when `--write_overlays` asks for it
   (`ng`: images judged NG, `all`, `none`), written by `WriteFileShards`.
 `RunAggregates` then folds the gallery items and failure rows into `report-data.json` with
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import heapq
 import json
 import posixpath
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional
@@ -75,16 +77,50 @@ def caption(category: str, source_uri: str, score: float, threshold: float, labe
     return f"{label}  score {score:.3f} (threshold {threshold:.3f})  {category}  {posixpath.basename(source_uri)}"
 
 
+def gallery_keys(category: str, image_id: str, score: float, gt_label: Optional[int]) -> dict[tuple, tuple]:
+    """(category, gallery) → the image's rank key in each gallery it can enter (larger ranks first)."""
+    keys = {(category, GALLERIES[0]): (score, image_id)}
+    if gt_label == 0:
+        keys[(category, GALLERIES[1])] = (score, image_id)
+    elif gt_label == 1:
+        keys[(category, GALLERIES[2])] = (-score, image_id)
+    return keys
+
+
 class Present(beam.DoFn):
     """(ImageElement, Prediction) → GalleryItem, and an OverlayFile when `write_overlays` asks for
-    one; `split_presentation` separates them (one output, not tagged ones: see `routing`)."""
+    one; `split_presentation` separates them (one output, not tagged ones: see `routing`).
+
+    A gallery overlay is drawn only for an image that enters the running top `gallery_size` of
+    one of its galleries within its bundle; the others carry an empty overlay. That is exact: an
+    image that `gallery_size` earlier images of its bundle outrank is outranked by them in the
+    whole run too, so it cannot be in a gallery's final top. So drawing costs O(K log n) per
+    bundle and gallery, not one overlay per image.
+    """
 
     def __init__(self, thresholds: Mapping[str, tuple[float, float]] | None, write_overlays: str,
-                 overlay_max_side: int) -> None:
+                 overlay_max_side: int, gallery_size: int) -> None:
         if write_overlays not in OVERLAY_MODES:
             raise ValueError(f"write_overlays must be one of {OVERLAY_MODES}, got {write_overlays!r}")
         self.thresholds = dict(thresholds or {})
-        self.write_overlays, self.overlay_max_side = write_overlays, overlay_max_side
+        self.write_overlays, self.overlay_max_side, self.gallery_size = write_overlays, overlay_max_side, gallery_size
+        self._tops: dict[tuple, list] = {}
+
+    def start_bundle(self) -> None:
+        self._tops = {}
+
+    def _enters_a_gallery(self, keys: dict[tuple, tuple]) -> bool:
+        """Offer the keys to the bundle's running tops (min-heaps of the best `gallery_size`)."""
+        entered = False
+        for gallery, key in keys.items():
+            top = self._tops.setdefault(gallery, [])
+            if len(top) < self.gallery_size:
+                heapq.heappush(top, key)
+                entered = True
+            elif self.gallery_size and key > top[0]:
+                heapq.heapreplace(top, key)
+                entered = True
+        return entered
 
     def process(self, pair: tuple) -> Iterator[Any]:
         element, prediction = pair
@@ -99,9 +135,10 @@ class Present(beam.DoFn):
         if self.write_overlays == "all" or (self.write_overlays == "ng" and label == NG):
             yield OverlayFile(element.image_id, overlay_path(element.category, element.image_id),
                               draw(self.overlay_max_side))
+        keys = gallery_keys(element.category, element.image_id, float(prediction.image_score), element.label)
         yield GalleryItem(element.category, element.image_id, element.source_uri, float(prediction.image_score),
                           image_threshold, label, element.label, bool(prediction.sam_used), len(prediction.prompts),
-                          draw(GALLERY_SIDE))
+                          draw(GALLERY_SIDE) if self._enters_a_gallery(keys) else b"")
 
 
 def split_presentation(presented: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
@@ -137,11 +174,11 @@ class CountsFn(beam.CombineFn):
 
 
 def _score_key(item: GalleryItem) -> tuple[float, str]:
-    return item.image_score, item.image_id  # the id breaks ties: the same night gives the same galleries
+    return gallery_keys(item.category, item.image_id, item.image_score, None)[(item.category, GALLERIES[0])]
 
 
 def _low_score_key(item: GalleryItem) -> tuple[float, str]:
-    return -item.image_score, item.image_id
+    return gallery_keys(item.category, item.image_id, item.image_score, 1)[(item.category, GALLERIES[2])]
 
 
 def _failure_key(row: dict) -> tuple[str, str, str]:

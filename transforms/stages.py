@@ -36,6 +36,7 @@ class ModelSpec:
     profile: str
     device: Optional[str] = None  # None: CUDA when available, else CPU
     overrides: Optional[dict[str, dict[str, Any]]] = None  # ClipSAMConfig sections, e.g. {"mmr": {...}}
+    threads: int = 0  # torch CPU threads of the process that loads the model; 0: torch's default
 
 
 def _failure(element: ImageElement, stage: str, exc: BaseException) -> Failure:
@@ -92,6 +93,15 @@ class StageHandler(ModelHandler):
     def element_of(self, item: Any) -> ImageElement:
         return item
 
+    def use_threads(self) -> None:
+        """Set the process's torch CPU threads (`ModelSpec.threads`) before loading: several SDK
+        processes on one machine, each with torch's default of one thread per core, oversubscribe
+        the cores (docs/decisions.md, "Beam and runners")."""
+        import torch
+
+        if self.spec.threads > 0 and torch.get_num_threads() != self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+
     def predict(self, model: Any, items: Sequence[Any]) -> list[Any]:
         raise NotImplementedError
 
@@ -115,6 +125,7 @@ class Stage1Handler(StageHandler):
     def load_model(self) -> RoughMapper:
         from model_store.loading import load_stage1
 
+        self.use_threads()
         return load_stage1(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)[0]
 
     def predict(self, model: RoughMapper, items: Sequence[ImageElement]) -> list[RoughResult]:
@@ -140,6 +151,7 @@ class Stage2Handler(StageHandler):
     def load_model(self) -> MMRRefiner:
         from model_store.loading import load_stage2
 
+        self.use_threads()
         return load_stage2(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)[0]
 
     def predict(self, model: MMRRefiner, items: Sequence[Stage2Input]) -> list[Prediction]:
