@@ -55,6 +55,7 @@ class GraphSettings:
     write_overlays: str = "ng"  # which images get an overlay file: ng | all | none
     overlay_max_side: int = 512  # long side of each overlay panel, pixels
     gallery_size: int = 8  # images per report gallery and category
+    spread_images: bool = True  # Reshuffle decoded images over workers (`transforms.read.ReadImages`)
     # --table: where records, failures and metrics go instead of the run folder (`pipeline.table.table_layout`)
     records_prefix: Optional[str] = None
     failures_prefix: Optional[str] = None
@@ -75,7 +76,8 @@ def build_graph(pipeline: beam.Pipeline, source: list, settings: GraphSettings,
     `source`: the inputs (`InputSpec`s, listed in the pipeline) or units listed already.
     `tap` (tests only): a transform applied to the scored images before anything is written,
     e.g. one that drops an image, to check that accounting turns it into a Lost row."""
-    read = pipeline | "ReadImages" >> ReadImages(source, pixel_limit=settings.pixel_limit)
+    read = pipeline | "ReadImages" >> ReadImages(source, pixel_limit=settings.pixel_limit,
+                                                 spread_images=settings.spread_images)
     images, read_failures = read[IMAGES], read[FAILURES]
     skipped = pipeline | "NoneSkipped" >> beam.Create([])
     if settings.skip_keys is not None:

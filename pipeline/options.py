@@ -52,6 +52,9 @@ class ClipSAMOptions(PipelineOptions):
         add("--torch_threads", type=int, default=-1,
             help="torch CPU threads per SDK process; -1 (default): cores / --direct_num_workers for local "
                  "multi-processing, 1 on Dataflow (one SDK process per vCPU), else torch's default; 0: torch's default")
+        add("--spread_images", default="auto", choices=("auto", "on", "off"),
+            help="reshuffle decoded images over workers so one tar shard's images do not all run where it was read; "
+                 "auto: on, except on the local runner in one process")
         add("--model_copies", type=int, default=0,
             help="share this many model copies per machine across SDK processes (0: one per process). Use 1 on GPU workers")
         add("--report", default="on", choices=("on", "off"), help="write report.html next to the records (default on)")

@@ -115,6 +115,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
         write_overlays=options.write_overlays,
         overlay_max_side=options.overlay_max_side,
         gallery_size=options.gallery_size if options.report == "on" else 0,  # galleries are for the report
+        spread_images=spreads_images(options.spread_images, beam_options),
     )
     table = None
     if options.table:
@@ -157,6 +158,15 @@ def torch_threads(requested: int, beam_options: PipelineOptions) -> int:
     if direct.get("direct_running_mode") == "multi_processing" and (direct.get("direct_num_workers") or 0) > 1:
         return max(1, (os.cpu_count() or 1) // direct["direct_num_workers"])
     return 0
+
+
+def spreads_images(requested: str, beam_options: PipelineOptions) -> bool:
+    """--spread_images: auto spreads decoded images over workers except on Beam's local runner in
+    one process (in memory or threads), where there is no other worker to spread them to."""
+    if requested != "auto":
+        return requested == "on"
+    mode = beam_options.get_all_options().get("direct_running_mode") or "in_memory"
+    return not (runner_name(beam_options) in (LOCAL_RUNNER, "DirectRunner") and mode != "multi_processing")
 
 
 def input_specs(inputs: str, layout: str, category: str | None, split: str, check: bool = True) -> list[InputSpec]:

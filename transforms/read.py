@@ -86,6 +86,9 @@ class ReadImages(beam.PTransform):
     `source`: the `InputSpec`s of the inputs, listed inside the pipeline (one worker per input;
     a file listed by two inputs is read once), so neither the launcher nor the job graph holds
     the night's file list; or `InputUnit`s listed already (tests, small jobs).
+    `spread_images`: the Reshuffle after decoding (module docstring); without it decoded images
+    stay with the worker that read their unit, which is right only for a runner that has one
+    worker process anyway (there the Reshuffle only holds every decoded image in memory).
     """
 
     def __init__(
@@ -93,12 +96,14 @@ class ReadImages(beam.PTransform):
         source: Sequence[Union[InputSpec, InputUnit]],
         pixel_limit: int = DEFAULT_PIXEL_LIMIT,
         min_side: int = DEFAULT_MIN_SIDE,
+        spread_images: bool = True,
     ):
         super().__init__()
         if not source:
             raise ValueError("ReadImages needs at least one input")
         self._source = list(source)
         self._limits = DecodeLimits(pixel_limit, min_side)
+        self._spread = spread_images
 
     @classmethod
     def from_url(
@@ -139,7 +144,7 @@ class ReadImages(beam.PTransform):
         produced = outputs | "Produced" >> beam.Filter(lambda o: not isinstance(o, UnitRead))
         images, failures = split_failures(produced, "Read")
         lost = (units, receipts) | "UnreadUnits" >> LostUnits()
-        return {IMAGES: images | "SpreadImages" >> beam.Reshuffle(),
+        return {IMAGES: images | "SpreadImages" >> beam.Reshuffle() if self._spread else images,
                 FAILURES: (failures, lost, unlisted) | "ReadOrLost" >> beam.Flatten(),
                 PRODUCED: produced,
                 NOTES: notes}
