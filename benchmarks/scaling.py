@@ -39,14 +39,11 @@ the tables to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,35 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from throughput import append_results, peak_rss_bytes as _hwm, reset_peak_rss as _reset_hwm, rss_bytes as _rss  # noqa: E402
+
 MB = 2**20
-
-
-def _status_kib(pid: int | str, key: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _hwm(pid: int | str = "self") -> int:
-    return (_status_kib(pid, "VmHWM") or 0) * 1024
-
-
-def _rss(pid: int | str = "self") -> int:
-    return (_status_kib(pid, "VmRSS") or 0) * 1024
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class DescendantPeaks(threading.Thread):
@@ -316,16 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(scales) < 3 or scales != sorted(set(scales)) or args.size < 32 or args.base < 1:
         parser.error("--scales: at least 3 increasing multiples; --size >= 32; --base >= 1")
 
-    from throughput import code_version, pick_categories, tiny_store, write_dataset
+    from throughput import pick_categories, work_area, write_dataset
 
-    version = code_version()  # before measuring: the tree may change while this runs
-    tmp = Path(args.work_dir or tempfile.mkdtemp(prefix="clipsam-scaling-"))
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp, version = work_area(args, parser, "clipsam-scaling-")
     try:
-        if args.store is None:
-            if args.profile != "tiny":
-                parser.error("--store is required for profiles other than tiny")
-            args.store = tiny_store(tmp)
         categories = pick_categories(args.categories)
         for scale in scales:
             write_dataset(tmp / "data" / f"x{scale}", args.base * scale, args.size, args.anomalous_fraction, categories)
@@ -362,17 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(body)
         if args.append:
-            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-            import torch
-
             command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
-            with open(REPO / "benchmarks" / "RESULTS.md", "a") as handle:
-                handle.write(
-                    f"\n## scaling: launcher and local runner at {', '.join(f'{s}×' for s in scales)} images, {args.profile}\n\n"
-                    f"{dt.date.today().isoformat()}, {platform.node() or 'host'}: {os.cpu_count()} CPUs "
-                    f"(nproc {len(os.sched_getaffinity(0))}), {ram:.0f} GiB RAM, git "
-                    f"{version}, torch {torch.__version__}\n\n"
-                    f"`{command}`\n\n{header}\n\n{body}\n")
+            append_results(f"scaling: launcher and local runner at {', '.join(f'{s}×' for s in scales)} images, "
+                           f"{args.profile}", command, f"{header}\n\n{body}", version=version)
     finally:
         if not args.work_dir:
             shutil.rmtree(tmp, ignore_errors=True)

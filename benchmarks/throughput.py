@@ -68,21 +68,25 @@ MB = 2**20
 # ----------------------------------------------------------------------------- memory
 
 
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
+def status_kib(key: str, pid: int | str = "self") -> int:
+    """A `/proc/<pid>/status` field in KiB; 0 when the process or the field is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
     return 0
 
 
-def rss_bytes() -> int:
-    return _status_kib("VmRSS") * 1024
+def rss_bytes(pid: int | str = "self") -> int:
+    return status_kib("VmRSS", pid) * 1024
 
 
-def peak_rss_bytes() -> int:
+def peak_rss_bytes(pid: int | str = "self") -> int:
     """VmHWM (not ru_maxrss, which cannot be reset and survives execve)."""
-    return _status_kib("VmHWM") * 1024
+    return status_kib("VmHWM", pid) * 1024
 
 
 def reset_peak_rss() -> bool:
@@ -312,6 +316,34 @@ def run_pipeline(inputs: list[Path], out: Path, run_id: str, args: argparse.Name
 # ----------------------------------------------------------------------------- report
 
 
+def work_area(args: argparse.Namespace, parser: argparse.ArgumentParser, prefix: str) -> tuple[Path, str]:
+    """(the folder data and outputs go to, the code version taken now, before measuring: the
+    tree may change while a benchmark runs); fills `args.store` with a copy of the tiny store
+    when none was given (other profiles need --store, e.g. from make-random)."""
+    version = code_version()
+    tmp = Path(args.work_dir or tempfile.mkdtemp(prefix=prefix))
+    tmp.mkdir(parents=True, exist_ok=True)
+    if args.store is None:
+        if args.profile != "tiny":
+            parser.error("--store is required for profiles other than tiny (make-random writes one)")
+        args.store = tiny_store(tmp)
+    return tmp, version
+
+
+def append_results(title: str, command: str, text: str, note: str = "", version: str | None = None) -> None:
+    """Append a section to benchmarks/RESULTS.md: `title`, the date, machine, commit (`version`,
+    taken before measuring; default now) and torch version (and `note`), the command, then `text`."""
+    import torch
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    with open(REPO / "benchmarks" / "RESULTS.md", "a") as handle:
+        handle.write(
+            f"\n## {title}\n\n"
+            f"{dt.date.today().isoformat()}, {platform.node() or 'host'}: {os.cpu_count()} CPUs "
+            f"(nproc {len(os.sched_getaffinity(0))}), {ram:.0f} GiB RAM, git {version or code_version()}, "
+            f"torch {torch.__version__}{'; ' + note if note else ''}\n\n`{command}`\n\n{text}\n")
+
+
 def code_version() -> str:
     """`<short HEAD>` plus a note when the checkout has uncommitted changes (other than untracked files)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
@@ -446,14 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CUDA: {'available but not used' if torch.cuda.is_available() else 'not available'}; "
               "no CUDA memory figures")
 
-    version = code_version()  # before measuring: the tree may change while this runs
-    tmp = Path(args.work_dir or tempfile.mkdtemp(prefix="clipsam-throughput-"))
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp, version = work_area(args, parser, "clipsam-throughput-")
     try:
-        if args.store is None:
-            if args.profile != "tiny":
-                parser.error("--store is required for profiles other than tiny (make-random writes one)")
-            args.store = tiny_store(tmp)
         n = args.images
         categories = pick_categories(args.categories)
         start = time.perf_counter()
@@ -513,17 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(runs)
         if args.append:
-            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
             command = "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
             gpu = (f"GPU: {torch.cuda.get_device_name()}" if cuda
                    else "GPU: none used (no CUDA device on this machine), so no GPU figures")
-            with open(REPO / "benchmarks" / "RESULTS.md", "a") as handle:
-                handle.write(
-                    f"\n## throughput: pipeline vs bare model loop, {args.profile}\n\n"
-                    f"{dt.date.today().isoformat()}, {platform.node() or 'host'}: {os.cpu_count()} CPUs "
-                    f"(nproc {len(os.sched_getaffinity(0))}), {ram:.0f} GiB RAM, git "
-                    f"{version}, torch {torch.__version__}; {gpu}; "
-                    f"{dtype_line}\n\n`{command}`\n\n{header}\n\n{body}\n\n{runs}\n")
+            append_results(f"throughput: pipeline vs bare model loop, {args.profile}", command,
+                           f"{header}\n\n{body}\n\n{runs}", f"{gpu}; {dtype_line}", version)
     finally:
         if not args.work_dir:
             shutil.rmtree(tmp, ignore_errors=True)
