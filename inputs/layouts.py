@@ -51,6 +51,7 @@ from typing import Optional
 import fsspec
 from fsspec import AbstractFileSystem
 
+from .elements import make_image_id
 from .uris import is_storable, is_utf8, literal_fs, printable
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -111,6 +112,12 @@ class InputUnit:
     def __post_init__(self) -> None:
         if self.kind not in (KIND_IMAGE, KIND_TAR):
             raise ValueError(f"unknown unit kind {self.kind!r}")
+
+    @property
+    def image_id(self) -> str:
+        """The id of the row this listing becomes when the unit itself is the row (a listing
+        problem, a unit never read): `make_image_id(uri)`, or with `f"repeat {k}"` for a repeat."""
+        return make_image_id(self.uri, f"repeat {self.repeat}") if self.repeat else make_image_id(self.uri)
 
     def _order(self) -> tuple:
         return (self.kind, self.uri, self.category, self.label is not None, self.label or 0,

@@ -135,8 +135,7 @@ def read_unit(unit: InputUnit, limits: DecodeLimits = DecodeLimits()) -> Iterato
 
 
 def _listing_failure(unit: InputUnit) -> Failure:
-    image_id = make_image_id(unit.uri, f"repeat {unit.repeat}") if unit.repeat else make_image_id(unit.uri)
-    return Failure(unit.uri, image_id, STAGE_READ, unit.problem, unit.detail or f"{unit.uri}: {unit.problem}")
+    return Failure(unit.uri, unit.image_id, STAGE_READ, unit.problem, unit.detail or f"{unit.uri}: {unit.problem}")
 
 
 def decode_input(encoded: EncodedInput, limits: DecodeLimits) -> Output:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 
-from inputs.elements import Failure, make_image_id
+from inputs.elements import Failure
 
 LOST = "Lost"
 STAGE_ACCOUNT = "account"
@@ -38,8 +38,7 @@ def _lost_units(keyed: tuple[str, dict[str, list]]) -> Iterator[Failure]:
     if joined["read"]:
         return
     for unit in joined["listed"]:
-        image_id = make_image_id(unit.uri, f"repeat {unit.repeat}") if unit.repeat else make_image_id(unit.uri)
-        yield Failure(unit.uri, image_id, STAGE_ACCOUNT, LOST,
+        yield Failure(unit.uri, unit.image_id, STAGE_ACCOUNT, LOST,
                       f"{unit.uri}: listed but never read (the runner dropped this input)")
 
 
