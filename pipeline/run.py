@@ -292,7 +292,6 @@ def execute(prepared: PreparedRun, thresholds_url: str | None = None, extra_file
     if prepared.table is not None:
         summary.files["records"] = f"{prepared.table.prefixes['records']}-*.parquet"
         summary.files["failures"] = f"{prepared.table.prefixes['failures']}-*.parquet"
-    if prepared.table is not None:
         summary.table = commit_to_table(prepared, files)
     if prepared.options.report == "on":
         summary.files["report"] = write_report(summary)

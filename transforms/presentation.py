@@ -77,13 +77,22 @@ def caption(category: str, source_uri: str, score: float, threshold: float, labe
     return f"{label}  score {score:.3f} (threshold {threshold:.3f})  {category}  {posixpath.basename(source_uri)}"
 
 
+def _high_first(score: float, image_id: str) -> tuple[float, str]:
+    return score, image_id  # the id breaks ties: the same night gives the same galleries
+
+
+def _low_first(score: float, image_id: str) -> tuple[float, str]:
+    return -score, image_id
+
+
 def gallery_keys(category: str, image_id: str, score: float, gt_label: Optional[int]) -> dict[tuple, tuple]:
-    """(category, gallery) → the image's rank key in each gallery it can enter (larger ranks first)."""
-    keys = {(category, GALLERIES[0]): (score, image_id)}
+    """(category, gallery) → the image's rank key in each gallery it can enter (larger ranks first;
+    the same keys `RunAggregates` ranks by)."""
+    keys = {(category, GALLERIES[0]): _high_first(score, image_id)}
     if gt_label == 0:
-        keys[(category, GALLERIES[1])] = (score, image_id)
+        keys[(category, GALLERIES[1])] = _high_first(score, image_id)
     elif gt_label == 1:
-        keys[(category, GALLERIES[2])] = (-score, image_id)
+        keys[(category, GALLERIES[2])] = _low_first(score, image_id)
     return keys
 
 
@@ -147,9 +156,12 @@ def split_presentation(presented: beam.PCollection) -> tuple[beam.PCollection, b
             presented | "OverlayFiles" >> beam.Filter(lambda o: isinstance(o, OverlayFile)))
 
 
+COUNTS = ("images", "ng", "ok", "sam_used", "normal", "anomalous", "unlabelled", "false_alarms", "misses")
+
+
 class CountsFn(beam.CombineFn):
-    """GalleryItems of one category → {images, ng, ok, sam_used, normal, anomalous, unlabelled,
-    false_alarms (normal judged NG), misses (anomalous judged OK)}."""
+    """GalleryItems of one category → {name: count for COUNTS}: false_alarms are normal images
+    judged NG, misses anomalous images judged OK."""
 
     def create_accumulator(self) -> collections.Counter:
         return collections.Counter()
@@ -169,16 +181,15 @@ class CountsFn(beam.CombineFn):
         return merged
 
     def extract_output(self, counts: collections.Counter) -> dict[str, int]:
-        return {name: int(counts.get(name, 0)) for name in
-                ("images", "ng", "ok", "sam_used", "normal", "anomalous", "unlabelled", "false_alarms", "misses")}
+        return {name: int(counts.get(name, 0)) for name in COUNTS}
 
 
 def _score_key(item: GalleryItem) -> tuple[float, str]:
-    return gallery_keys(item.category, item.image_id, item.image_score, None)[(item.category, GALLERIES[0])]
+    return _high_first(item.image_score, item.image_id)
 
 
 def _low_score_key(item: GalleryItem) -> tuple[float, str]:
-    return gallery_keys(item.category, item.image_id, item.image_score, 1)[(item.category, GALLERIES[2])]
+    return _low_first(item.image_score, item.image_id)
 
 
 def _failure_key(row: dict) -> tuple[str, str, str]:
