@@ -164,12 +164,8 @@ def check_input(spec: InputSpec) -> None:
     """The launcher's cheap check of an input before the pipeline lists it: a literal file or
     folder must exist, a glob's folder (the path up to its first wildcard) must exist; no
     listing. Raises ValueError naming the input, as `scan_inputs` would."""
-    if spec.layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {spec.layout!r}")
-    fs, path, literal = _resolve(spec.url)
-    if not literal and _has_magic(path):
-        if spec.layout in ("mvtec", "visa"):
-            raise ValueError(f"layout {spec.layout!r} needs a root folder, not a glob: {spec.url!r}")
+    fs, path, glob = _resolve_input(spec.url, spec.layout)
+    if glob:
         base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rpartition("/")[0]
         if base and not fs.isdir(base):
             raise ValueError(f"input {spec.url!r} matches no files")
@@ -196,12 +192,8 @@ def scan_inputs(
 ) -> Listing:
     """List `url` (see the module doc): units sorted by URI (the repeats of one URI in listing
     order) and skipped files counted by reason. Raises ValueError for an unusable input."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    fs, path, literal = _resolve(url)
-    if not literal and _has_magic(path):
-        if layout in ("mvtec", "visa"):
-            raise ValueError(f"layout {layout!r} needs a root folder, not a glob: {url!r}")
+    fs, path, glob = _resolve_input(url, layout)
+    if glob:
         files = _glob_files(fs, path)
         root = None
     else:
@@ -223,6 +215,19 @@ def scan_inputs(
         units = _select_category(units, category, url, skipped)
     units = [_checked_names(unit) for unit in units]
     return Listing(sorted(units, key=lambda unit: unit.uri), dict(sorted(skipped.items())))
+
+
+def _resolve_input(url: str, layout: str) -> tuple[AbstractFileSystem, str, bool]:
+    """(fs, path, glob) of an input URL for `layout`: glob is True when the URL names nothing
+    literally and is read as a wildcard pattern. ValueError for an unknown layout, or a glob given
+    to a layout that needs a root folder."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    fs, path, literal = _resolve(url)
+    glob = not literal and _has_magic(path)
+    if glob and layout in ("mvtec", "visa"):
+        raise ValueError(f"layout {layout!r} needs a root folder, not a glob: {url!r}")
+    return fs, path, glob
 
 
 def _resolve(url: str) -> tuple[AbstractFileSystem, str, bool]:
