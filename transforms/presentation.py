@@ -29,6 +29,7 @@ from inputs.elements import known_ground_truth
 
 from .pictures import render_overlay
 from .records import judged_mask
+from .routing import of_type
 from .write import safe_name
 
 OVERLAY_MODES = ("ng", "all", "none")
@@ -152,8 +153,7 @@ class Present(beam.DoFn):
 
 def split_presentation(presented: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
     """`Present`'s output → (GalleryItems, OverlayFiles)."""
-    return (presented | "GalleryItems" >> beam.Filter(lambda o: isinstance(o, GalleryItem)),
-            presented | "OverlayFiles" >> beam.Filter(lambda o: isinstance(o, OverlayFile)))
+    return of_type(presented, GalleryItem, "GalleryItems"), of_type(presented, OverlayFile, "OverlayFiles")
 
 
 COUNTS = ("images", "ng", "ok", "sam_used", "normal", "anomalous", "unlabelled", "false_alarms", "misses")

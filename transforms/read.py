@@ -24,7 +24,7 @@ from inputs.reader import DecodeLimits, read_unit
 
 from .accounting import LostUnits, UnitRead, unit_key
 from .progress import ProgressLog
-from .routing import split_failures
+from .routing import not_of_type, of_type, split_failures
 
 logger = logging.getLogger(__name__)
 
@@ -130,18 +130,17 @@ class ReadImages(beam.PTransform):
                   | "SpreadInputs" >> beam.Reshuffle()
                   | "ListInputs" >> beam.FlatMap(list_input))
         units = (listed
-                 | "Units" >> beam.Filter(lambda o: isinstance(o, InputUnit))
+                 | "Units" >> beam.Filter(isinstance, InputUnit)
                  | "KeyUnits" >> beam.Map(lambda u: (unit_key(u), u))
                  | "OncePerFile" >> beam.CombinePerKey(min)
                  | "Unkey" >> beam.Values())
-        return (units, listed | "Notes" >> beam.Filter(lambda o: isinstance(o, ListingNote)),
-                listed | "ListingFailures" >> beam.Filter(lambda o: isinstance(o, Failure)))
+        return (units, of_type(listed, ListingNote, "Notes"), of_type(listed, Failure, "ListingFailures"))
 
     def expand(self, pbegin: PBegin) -> dict[str, PCollection]:
         units, notes, unlisted = self._units(pbegin)
         outputs = units | "SpreadUnits" >> beam.Reshuffle() | "ReadUnits" >> beam.ParDo(ReadUnitFn(self._limits))
-        receipts = outputs | "Receipts" >> beam.Filter(lambda o: isinstance(o, UnitRead))
-        produced = outputs | "Produced" >> beam.Filter(lambda o: not isinstance(o, UnitRead))
+        receipts = of_type(outputs, UnitRead, "Receipts")
+        produced = not_of_type(outputs, UnitRead, "Produced")
         images, failures = split_failures(produced, "Read")
         lost = (units, receipts) | "UnreadUnits" >> LostUnits()
         return {IMAGES: images | "SpreadImages" >> beam.Reshuffle() if self._spread else images,

@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 
+from .routing import not_of_type, of_type
+
 SKIPPED_SCORED = "already scored"
 
 
@@ -65,5 +67,4 @@ class SkipScored(beam.PTransform):
 
 def split_skipped(values: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
     """`SkipScored`'s output → (images to score, SkippedScored rows)."""
-    return (values | "ToScore" >> beam.Filter(lambda v: not isinstance(v, SkippedScored)),
-            values | "Skipped" >> beam.Filter(lambda v: isinstance(v, SkippedScored)))
+    return not_of_type(values, SkippedScored, "ToScore"), of_type(values, SkippedScored, "Skipped")
