@@ -147,7 +147,8 @@ def write_metrics(
     results = dict(per_category)
     if not results and not write_empty:
         return []
-    curves = {name: results[name].pop("curves") for name in sorted(results) if "curves" in results[name]}
+    curves = {name: results[name]["curves"] for name in sorted(results) if "curves" in results[name]}
+    results = {name: {k: v for k, v in result.items() if k != "curves"} for name, result in results.items()}
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.makedirs(root, exist_ok=True)
     base = output_dir.rstrip("/")
