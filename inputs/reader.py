@@ -55,6 +55,8 @@ from typing import Iterator, Optional, Union
 from .decode import (
     DEFAULT_MIN_SIDE,
     DEFAULT_PIXEL_LIMIT,
+    FILE_NOT_FOUND,
+    READ_ERROR,
     DecodeError,
     check_image_header,
     decode_image,
@@ -64,9 +66,7 @@ from .elements import STAGE_DECODE, STAGE_READ, Failure, ImageElement, known_gro
 from .layouts import IMAGE_EXTENSIONS, KIND_IMAGE, NON_UTF8_NAME, InputUnit
 from .uris import is_utf8, open_binary, printable
 
-# error_type values produced here (decode errors come from inputs.decode).
-FILE_NOT_FOUND = "FileNotFound"
-READ_ERROR = "ReadError"
+# error_type values produced here (decode errors, FileNotFound and ReadError come from inputs.decode).
 MISSING_MASK = "MissingMask"
 UNREADABLE_SHARD = "UnreadableShard"
 NO_IMAGE_IN_SAMPLE = "NoImageInSample"
