@@ -19,6 +19,7 @@ scored three ways:
   timed run does not pay this process's one-time Beam start-up.
 
 Also printed: decode alone in ms per megapixel for the PNG files and for JPEG (quality 90) copies,
+whole and with the profile's `--jpeg_draft` reduction (`pipeline.run.jpeg_draft`),
 stage 1 / stage 2 / RLE per image, the mean `stage1_ms` / `stage2_ms` the pipeline's records hold,
 the share of images that reached SAM's encoder (bare: `Prediction.sam_used`; pipeline: the
 `sam_encoder_images` Beam counter), peak RSS per variant (VmHWM, reset before each variant through
@@ -358,27 +359,27 @@ def _mib(value: int | None) -> str:
     return "–" if value is None else f"{value / MB:,.0f}"
 
 
-def decode_rates(items: list[Item], repeats: int) -> dict[str, tuple[float, float]]:
-    """format → (ms per megapixel, mean encoded KiB) of decode_image over `items` (fastest of `repeats`)."""
+def decode_rates(items: list[Item], repeats: int, draft) -> dict[str, tuple[float, float]]:
+    """format → (ms per megapixel, mean encoded KiB) of the reader's decode over `items` (fastest of
+    `repeats`), and for the JPEGs also with `draft` (`inputs.decode.JpegDraft`, --jpeg_draft)."""
     from PIL import Image
 
-    from inputs.decode import decode_image
+    from inputs.decode import decode_frame
 
-    encoded = {"PNG": [item.data for item in items]}
     jpegs = []
     for item in items:
         buffer = io.BytesIO()
         Image.open(io.BytesIO(item.data)).convert("RGB").save(buffer, format="JPEG", quality=90)
         jpegs.append(buffer.getvalue())
-    encoded["JPEG q90"] = jpegs
     megapixels = sum(item.pixels for item in items) / 1e6
     rates = {}
-    for name, blobs in encoded.items():
+    for name, blobs, rule in (("PNG", [item.data for item in items], None), ("JPEG q90", jpegs, None),
+                              ("JPEG q90, --jpeg_draft (reduced where the models need less)", jpegs, draft)):
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
             for blob in blobs:
-                decode_image(blob, name)
+                decode_frame(blob, name, draft=rule)
             best = min(best, time.perf_counter() - start)
         rates[name] = (best * 1000 / megapixels, sum(map(len, blobs)) / len(blobs) / 1024)
     return rates
@@ -418,7 +419,7 @@ def tables(args, bare: BareResult, load_s: float, rates, warm: PipelineResult, o
     lines += [
         f"| model load (load_clipsam, once) | {load_s * 1000:.0f} ms in all | | |",
         "",
-        "| decode alone (inputs.decode.decode_image) | ms / megapixel | mean file KiB |",
+        "| decode alone (inputs.decode.decode_frame) | ms / megapixel | mean file KiB |",
         "|---|---|---|",
         *(f"| {name} | {ms:.2f} | {kib:.0f} |" for name, (ms, kib) in rates.items()),
         "",
@@ -493,7 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         from model_store import load_clipsam
 
         warm_items = [next(i for i in items if i.category == c) for c in categories if any(i.category == c for i in items)]
-        rates = decode_rates(items, args.repeats)
+        from model_store.preflight import check_profile
+        from pipeline.run import jpeg_draft
+
+        rates = decode_rates(items, args.repeats, jpeg_draft(check_profile(args.store, args.profile)))
         out = tmp / "out"
         warm = run_pipeline([tmp / "data" / "warm"], out, "warm", args, cuda)
         print(f"pipeline warm-up: {warm.seconds:.2f} s for {warm.images} images", flush=True)

@@ -49,7 +49,7 @@ class MMRConfig:
     prompt_threshold: float = 0.5  # tau: binarise the rough map for prompts [decision]
     min_area_fraction: float = 0.0005  # drop components under 0.05 % of the image
     box_padding: int = 4  # pixels added on each side of a component's box
-    max_components: int = 32  # bounds one image's decoder batch; the largest are kept
+    max_components: int = 32  # per image (per tile area of a tiled frame); the largest are kept
     add_centroid_point: bool = True
     # PROJECT EXTENSION for the tiny SAM, not in the paper (whose prompts are boxes and points):
     # also hand SAM each component's rough map as its dense mask prompt (SAM's `mask_input`,
@@ -70,13 +70,55 @@ class MMRConfig:
         return self.prompt_threshold if self.mask_threshold is None else self.mask_threshold
 
 
+TILE_MODES = ("auto", "off", "on")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """How a large frame is shown to the models (line-scan frames, DESIGN §13).
+
+    Untiled, stage 1 squashes the whole frame to input_size² and SAM sees it at its encoder
+    size, so a defect much smaller than frame side / CLIP grid vanishes. Tiled, stage 1 cuts
+    the frame into overlapping square tiles of `tile_side` source pixels, each resized to
+    input_size², and stitches their maps (`clipsam.tiling`); stage 2 runs SAM on windows of
+    `sam_window` source pixels around the prompted components.
+
+    mode: "off" never tiles; "on" tiles every frame larger than one tile; "auto" tiles only
+        frames whose long side exceeds auto_factor × input_size, so images of MVTec-AD size
+        are scored exactly as untiled.
+    patch_pixels: source pixels one CLIP patch covers in a tile, so tile_side = patch_pixels ×
+        CLIP grid; None: the CLIP patch size (tiles at native resolution).
+    side: tile side in source pixels; when set, it replaces patch_pixels (`--tile=<px>`).
+    overlap: fraction of a tile's side shared with each neighbour, in [0, 0.9].
+    auto_factor: see mode "auto".
+    sam_window: side of SAM's windows in source pixels; None: SAM's encoder input size at the
+        tiles' magnification (input_size / tile_side), so SAM sees a defect as large as CLIP saw
+        it: native resolution for native tiles. A larger component gets a window that fits it.
+    """
+
+    mode: str = "auto"
+    patch_pixels: float | None = None
+    side: int | None = None
+    overlap: float = 0.25
+    auto_factor: float = 4.0
+    sam_window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in TILE_MODES:
+            raise ValueError(f"tile mode must be one of {', '.join(TILE_MODES)}, got {self.mode!r}")
+        if not 0.0 <= self.overlap <= 0.9:
+            raise ValueError(f"tile overlap must be in [0, 0.9], got {self.overlap}")
+
+
 @dataclass(frozen=True)
 class ClipSAMConfig:
-    """The whole method's settings; a model store manifest stores one of these."""
+    """The whole method's settings; a model store manifest stores one of these (manifests
+    written before a section existed get that section's defaults)."""
 
     clip: ClipTapConfig = field(default_factory=ClipTapConfig)
     umci: UMCIConfig = field(default_factory=UMCIConfig)
     mmr: MMRConfig = field(default_factory=MMRConfig)
+    tile: TileConfig = field(default_factory=TileConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,11 +129,12 @@ class ClipSAMConfig:
             clip=_build(ClipTapConfig, data.get("clip", {})),
             umci=_build(UMCIConfig, data.get("umci", {})),
             mmr=_build(MMRConfig, data.get("mmr", {})),
+            tile=_build(TileConfig, data.get("tile", {})),
         )
 
     def replace(self, **sections: Mapping[str, Any]) -> "ClipSAMConfig":
         """Copy with some fields of some sections changed, e.g. replace(mmr={"alpha": 0.8})."""
-        parts = {name: getattr(self, name) for name in ("clip", "umci", "mmr")}
+        parts = {name: getattr(self, name) for name in ("clip", "umci", "mmr", "tile")}
         for name, changes in sections.items():
             parts[name] = dataclasses.replace(parts[name], **dict(changes))
         return ClipSAMConfig(**parts)

@@ -86,3 +86,18 @@ def defect_instances(final_map: np.ndarray, mask: np.ndarray,
             "segmentation": component_rle(component, rows.start, cols.start, height, width),
         })
     return defects, count > max_defects
+
+
+def defects_found(mask: np.ndarray, gt_mask: np.ndarray, min_overlap: float = 0.1) -> tuple[int, int]:
+    """Per-defect recall counts: (found, total) over the ground-truth defects (8-connected
+    components of `gt_mask`), a defect found when `mask` covers at least `min_overlap` of its
+    pixels. mask, gt_mask: bool [H, W] in the same frame. Unlike pixel metrics, a small defect
+    weighs as much as a large one here, which is what an inspector counts."""
+    if mask.shape != gt_mask.shape:
+        raise ValueError(f"mask {mask.shape} and ground truth {gt_mask.shape} must be the same shape")
+    labels, total = ndimage.label(gt_mask, structure=EIGHT_CONNECTED)
+    if total == 0:
+        return 0, 0
+    sizes = np.bincount(labels.ravel(), minlength=total + 1)
+    covered = np.bincount(labels[mask], minlength=total + 1)
+    return int((covered[1:] >= min_overlap * sizes[1:]).sum()), int(total)

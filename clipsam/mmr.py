@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -45,22 +45,28 @@ def min_component_area(shape: tuple[int, int], config: MMRConfig) -> int:
     return max(1, math.ceil(config.min_area_fraction * shape[0] * shape[1]))
 
 
-def extract_prompts(rough_map: np.ndarray, config: MMRConfig) -> list[ComponentPrompt]:
+def extract_prompts(rough_map: np.ndarray, config: MMRConfig, seen: tuple[int, int] | None = None
+                    ) -> list[ComponentPrompt]:
     """Threshold at τ, label 8-connected components, drop small ones, one prompt per component.
 
     rough_map: float [H, W] in [0, 1], in the original image frame.
-    Returns the components in scan order (top-left first); at most `config.max_components`,
-    keeping the largest when there are more.
+    seen: (h, w) of what CLIP saw at once: one tile of a tiled frame, by default the whole map.
+    The smallest component kept is `min_area_fraction` of it, and at most `max_components` are
+    kept per such area of the map (the largest when there are more), so a tiled frame keeps
+    what each of its tiles would keep.
+    Returns the components in scan order (top-left first).
     """
     binary = rough_map >= config.prompt_threshold
     labels, count = ndimage.label(binary, structure=EIGHT_CONNECTED)
     if count == 0:
         return []
     height, width = rough_map.shape
+    seen = seen or (height, width)
+    most = config.max_components * max(1, round(height * width / (seen[0] * seen[1])))
     areas = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = [i for i in range(1, count + 1) if areas[i] >= min_component_area((height, width), config)]
-    if len(keep) > config.max_components:
-        keep = sorted(sorted(keep, key=lambda i: -areas[i])[: config.max_components])
+    keep = [i for i in range(1, count + 1) if areas[i] >= min_component_area(seen, config)]
+    if len(keep) > most:
+        keep = sorted(sorted(keep, key=lambda i: -areas[i])[:most])
     slices = ndimage.find_objects(labels)
     prompts = []
     for index in keep:
@@ -188,7 +194,27 @@ def fuse_with_rough(rough_map: np.ndarray, sam_map: np.ndarray | None, alpha: fl
     """Final map M = (1 − α)·M_clip + α·M_sam; without SAM (no prompt) M = M_clip."""
     if sam_map is None:
         return rough_map.astype(np.float32, copy=False)
-    return ((1.0 - alpha) * rough_map + alpha * sam_map).astype(np.float32)
+    return fuse_in_windows(rough_map, [((0, 0, *rough_map.shape), sam_map)], alpha)
+
+
+def fuse_in_windows(rough_map: np.ndarray, windows: Sequence[tuple[tuple[int, int, int, int], np.ndarray]],
+                    alpha: float) -> np.ndarray:
+    """`fuse_with_rough` where M_sam is given in windows (the union of components across
+    windows that overlap is their pixel-wise max, as within one) and is 0 elsewhere.
+
+    windows: ((top, left, bottom, right), M_sam of that window float32 [bottom − top, right − left]).
+    Returns float32 [H, W]; with no window, M = M_clip (the same array). Only the result is a
+    full-frame array: M_sam never is. (1 − α)·M_clip + α·s grows with s, so the max of the
+    fused values over windows is the fusion with the max of M_sam.
+    """
+    if not windows:
+        return rough_map.astype(np.float32, copy=False)
+    final = ((1.0 - alpha) * rough_map).astype(np.float32, copy=False)
+    for (top, left, bottom, right), sam_map in windows:
+        region = final[top:bottom, left:right]
+        fused = ((1.0 - alpha) * rough_map[top:bottom, left:right]).astype(np.float32, copy=False) + alpha * sam_map
+        np.maximum(region, fused, out=region)
+    return final
 
 
 def image_score(final_map: np.ndarray, config: MMRConfig) -> float:

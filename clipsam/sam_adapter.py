@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.transforms.functional import resize, to_pil_image
 
 from .device import forward_chunks
 
@@ -73,13 +74,17 @@ class SamAdapter:
         return int(self.model.prompt_encoder.mask_input_size[0])
 
     @torch.no_grad()
-    def embed(self, images: list[np.ndarray]) -> list[SamEmbedding]:
-        """RGB uint8 images [H, W, 3] (any sizes) → one embedding each."""
+    def embed(self, images: list[np.ndarray], frames: list[tuple[int, int]] | None = None) -> list[SamEmbedding]:
+        """RGB uint8 images [h, w, 3] (any sizes) → one embedding each. frames: the (H, W) each
+        image stands for when it is a reduced copy of a larger frame (a JPEG decoded at reduced
+        scale); prompts and masks are then in that frame. Default: the images' own sizes."""
+        frames = frames or [image.shape[:2] for image in images]
         embeddings = []
-        for chunk in forward_chunks(images, self.device):
+        for chunk in forward_chunks(list(zip(images, frames)), self.device):
             inputs, sizes = [], []
-            for image in chunk:
-                resized = self.transform.apply_image(np.ascontiguousarray(image))
+            for image, frame in chunk:
+                size = self.transform.get_preprocess_shape(frame[0], frame[1], self.transform.target_length)
+                resized = np.array(resize(to_pil_image(np.ascontiguousarray(image)), size))
                 tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
                 sizes.append(tuple(tensor.shape[-2:]))
                 inputs.append(self.model.preprocess(tensor[None])[0])
@@ -87,8 +92,8 @@ class SamAdapter:
             self.encoder_calls += 1
             self.encoder_images += len(chunk)
             embeddings.extend(
-                SamEmbedding(features=features[i : i + 1], input_size=sizes[i], original_size=tuple(image.shape[:2]))
-                for i, image in enumerate(chunk)
+                SamEmbedding(features=features[i : i + 1], input_size=sizes[i], original_size=tuple(frame))
+                for i, (_, frame) in enumerate(chunk)
             )
         return embeddings
 

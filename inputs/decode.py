@@ -15,12 +15,21 @@ notebook API (`clipsam.ClipSAM.predict`) also uses for PIL images, as `array_to_
 gives the notebook API, so a path given to `ClipSAM.predict` is read and decoded as the pipeline
 reads and decodes it.
 
+JPEG draft decoding (`JpegDraft`): where the models need fewer pixels than a JPEG has (an untiled
+frame at least twice as large as CLIP's and SAM's inputs need on each side), it is decoded at
+1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, several times cheaper than decoding it whole and
+resizing. The frame (`decode_frame`'s third value) stays the file's size: maps, masks and records
+are in it, and a decode note says what was done.
+
 Masks: modes 1, L, P, I, I;16*, LA, RGB, RGBA; a pixel is a defect when any colour channel is
 > 0 (palette masks use the index, so VisA's class-id masks work). Masks are never resized.
 """
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -53,10 +62,64 @@ READ_ERROR = "ReadError"
 __all__ = [
     "BAD_MASK", "CORRUPT_IMAGE", "DEFAULT_MIN_SIDE", "DEFAULT_PIXEL_LIMIT", "EMPTY_FILE", "FILE_NOT_FOUND",
     "IMAGE_TOO_LARGE", "IMAGE_TOO_SMALL", "MASK_SIZE_MISMATCH", "NOT_AN_IMAGE", "READ_ERROR", "TRUNCATED_IMAGE",
-    "UNSUPPORTED_PIXEL_RANGE", "DecodeError", "check_image_header", "decode_image", "decode_mask", "read_image",
+    "UNSUPPORTED_PIXEL_RANGE", "DecodeError", "JpegDraft", "check_image_header", "decode_frame", "decode_image",
+    "decode_mask", "read_image",
 ]
 
 _MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "LA", "RGB", "RGBA"}
+
+
+@dataclass(frozen=True)
+class JpegDraft:
+    """How many pixels of a frame the models need, so a JPEG can be decoded at a reduced scale.
+
+    clip_side: CLIP's input side S (stage 1 resizes the whole frame to S × S, so each side needs S).
+    sam_side: SAM's input side (stage 2 resizes the long side to it, the short side in proportion).
+    max_long_side: frames with a longer long side are tiled and scored at native resolution, so
+        they are never reduced (None: no frame is tiled).
+    """
+
+    clip_side: int
+    sam_side: int
+    max_long_side: Optional[int] = None
+
+    def needed(self, width: int, height: int) -> Optional[tuple[int, int]]:
+        """(w, h) the models need of a width × height frame, or None when the frame is tiled or
+        no side could be halved."""
+        long = max(width, height)
+        if self.max_long_side is not None and long > self.max_long_side:
+            return None
+        need_w = max(self.clip_side, math.ceil(self.sam_side * width / long))
+        need_h = max(self.clip_side, math.ceil(self.sam_side * height / long))
+        if width < 2 * need_w or height < 2 * need_h:
+            return None
+        return need_w, need_h
+
+
+def decode_frame(
+    data: bytes,
+    uri: str,
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT,
+    min_side: int = DEFAULT_MIN_SIDE,
+    draft: Optional[JpegDraft] = None,
+) -> tuple[np.ndarray, list[str], tuple[int, int]]:
+    """`decode_image`, and for a JPEG that `draft` says the models need fewer pixels of, at the
+    largest 1/2^k scale (k ≤ 3) that keeps each side at least what they need. Returns (RGB uint8
+    (h, w, 3), notes, frame (H, W)): the frame is the full-size image's (EXIF orientation
+    applied), equal to (h, w) unless the JPEG was reduced, which a note then says."""
+    im = _open_checked(data, uri, pixel_limit)
+    width, height = im.size
+    wanted = draft.needed(width, height) if draft is not None and im.format == "JPEG" else None
+    if wanted is not None:
+        im.draft(im.mode, wanted)
+    reduced = im.size
+    image, notes = pil_to_rgb(im, uri, pixel_limit, min_side)
+    if reduced == (width, height):
+        return image, notes, image.shape[:2]
+    notes.append(f"JPEG decoded at 1/{width // reduced[0]} scale ({reduced[0]} x {reduced[1]} of {width} x {height}): "
+                 "the models need no more; maps and masks are in the full frame")
+    turned = image.shape[1] != reduced[0]  # EXIF orientation swapped the sides
+    return image, notes, (width, height) if turned else (height, width)
 
 
 def decode_image(

@@ -38,7 +38,10 @@ def known_ground_truth(mask: Optional[np.ndarray], label: Optional[int], shape: 
 class ImageElement:
     """One decoded input image.
 
-    image: RGB uint8, shape (H, W, 3), C-contiguous.
+    image: RGB uint8, shape (h, w, 3), C-contiguous.
+    frame: (H, W) of the full-size image when `image` is a reduced decode of it (a JPEG decoded
+        at 1/2^k scale, `inputs.decode.JpegDraft`), else None: (H, W) = (h, w). Maps, masks,
+        records and `height`/`width` are in the frame.
     gt_mask: bool (H, W) ground-truth defect mask, or None when the layout has no ground truth.
     label: 1 anomalous, 0 normal, None unknown (no ground truth).
     """
@@ -51,14 +54,20 @@ class ImageElement:
     label: Optional[int] = None
     notes: list[str] = field(default_factory=list)  # documented conversions applied on decode
     content_sha256: str = ""  # sha256 (hex) of the image file's bytes: what `--skip_scored` matches
+    frame: Optional[tuple[int, int]] = None
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of the frame everything but `image` is in."""
+        return self.frame or (int(self.image.shape[0]), int(self.image.shape[1]))
 
     @property
     def height(self) -> int:
-        return int(self.image.shape[0])
+        return self.frame_size[0]
 
     @property
     def width(self) -> int:
-        return int(self.image.shape[1])
+        return self.frame_size[1]
 
 
 @dataclass(frozen=True)

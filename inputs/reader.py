@@ -58,8 +58,9 @@ from .decode import (
     FILE_NOT_FOUND,
     READ_ERROR,
     DecodeError,
+    JpegDraft,
     check_image_header,
-    decode_image,
+    decode_frame,
     decode_mask,
 )
 from .elements import STAGE_DECODE, STAGE_READ, Failure, ImageElement, known_ground_truth, make_image_id
@@ -95,10 +96,12 @@ Output = Union[ImageElement, Failure]
 @dataclass(frozen=True)
 class DecodeLimits:
     """Size limits every decoded image must meet: at most `pixel_limit` pixels (else
-    `ImageTooLarge`), both sides at least `min_side` pixels (else `ImageTooSmall`)."""
+    `ImageTooLarge`), both sides at least `min_side` pixels (else `ImageTooSmall`); and, when
+    `jpeg_draft` is set, how few pixels of a JPEG the models need (`inputs.decode.JpegDraft`)."""
 
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
     min_side: int = DEFAULT_MIN_SIDE
+    jpeg_draft: Optional[JpegDraft] = None
 
     @property
     def member_bytes(self) -> int:
@@ -141,15 +144,16 @@ def _listing_failure(unit: InputUnit) -> Failure:
 def decode_input(encoded: EncodedInput, limits: DecodeLimits) -> Output:
     """Decode image (+ mask) into an ImageElement, or a decode Failure with its error_type."""
     try:
-        image, notes = decode_image(encoded.data, encoded.source_uri, limits.pixel_limit, limits.min_side)
+        image, notes, frame = decode_frame(encoded.data, encoded.source_uri, limits.pixel_limit, limits.min_side,
+                                           limits.jpeg_draft)
         mask = None
         if encoded.mask_data is not None:
-            mask = decode_mask(encoded.mask_data, encoded.mask_uri or encoded.source_uri, image.shape[:2])
+            mask = decode_mask(encoded.mask_data, encoded.mask_uri or encoded.source_uri, frame)
     except DecodeError as err:
         return Failure(encoded.source_uri, encoded.image_id, STAGE_DECODE, err.error_type, err.message)
     return ImageElement(encoded.image_id, encoded.source_uri, encoded.category, image,
-                        known_ground_truth(mask, encoded.label, image.shape[:2]), encoded.label, notes,
-                        hashlib.sha256(encoded.data).hexdigest())
+                        known_ground_truth(mask, encoded.label, frame), encoded.label, notes,
+                        hashlib.sha256(encoded.data).hexdigest(), None if frame == image.shape[:2] else frame)
 
 
 def _read_image_file(unit: InputUnit, limits: DecodeLimits) -> Output:

@@ -197,7 +197,7 @@ def load_stage2(url: str, profile: str, device: str | None = None, *, overrides:
     device = device or default_device()
     sam = load_weights(lambda: build_sam(manifest.sam_config), store, manifest, "sam")
     LOG.info("loaded stage 2 of profile %s from %s on %s", profile, url, device)
-    return MMRRefiner(sam, config.mmr, device=device), manifest
+    return MMRRefiner(sam, config.mmr, device=device, tiling=config.tile), manifest
 
 
 def load_clipsam(url: str, profile: str = "tiny", device: str | None = None, *,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from clipsam.backbones import open_clip_config
-from clipsam.config import ClipSAMConfig, ClipTapConfig, MMRConfig, UMCIConfig
+from clipsam.config import ClipSAMConfig, ClipTapConfig, MMRConfig, TileConfig, UMCIConfig
 
 from .errors import UnknownProfileError
 
@@ -70,6 +70,7 @@ PROFILES: dict[str, Profile] = {
         clipsam_config=ClipSAMConfig(
             clip=ClipTapConfig(input_size=518, layers=(6, 12, 18, 24)),
             umci=UMCIConfig(vision_width=1024, text_dim=768, num_layers=4),
+            tile=TileConfig(patch_pixels=14, auto_factor=4.0),  # tiles frames longer than 2072 px
         ),
         clip_arch="ViT-L-14-336",
         clip_pretrained="openai",
@@ -83,6 +84,7 @@ PROFILES: dict[str, Profile] = {
         clipsam_config=ClipSAMConfig(
             clip=ClipTapConfig(input_size=512, layers=(3, 6, 9, 12)),
             umci=UMCIConfig(vision_width=768, text_dim=512, num_layers=4),
+            tile=TileConfig(patch_pixels=16, auto_factor=4.0),  # tiles frames longer than 2048 px
         ),
         clip_arch="ViT-B-16",
         clip_pretrained="openai",
@@ -104,6 +106,10 @@ PROFILES: dict[str, Profile] = {
             # chosen on the validation split (`tiny.recipe.validation_categories`), see
             # docs/decisions.md, "MMR settings".
             mmr=MMRConfig(mask_prompt=True, prompt_threshold=0.1, alpha=0.3),
+            # 128-px tiles shown at 256 px (a patch covers 8 source pixels), so 8-30 px defects
+            # look like the tiny models' training defects; frames longer than 2048 px are tiled
+            # (docs/decisions.md, "Tiling").
+            tile=TileConfig(patch_pixels=8, auto_factor=8.0),
         ),
     ),
 }

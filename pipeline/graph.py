@@ -19,11 +19,12 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from model_store.store import join_url
+from inputs.decode import JpegDraft
 from transforms.evaluate import EvaluatePerCategory, eval_items
 from transforms.read import FAILURES, IMAGES, NOTES, PRODUCED, ReadImages
 from transforms.records import FAILURE_SCHEMA, RECORD_SCHEMA, ToRecord
 from transforms.routing import split_failures
-from transforms.stages import CountResults, ModelSpec, Scored, Stage1Handler, Stage2Handler, Stage2Input
+from transforms.stages import CountResults, ModelSpec, Scored, Stage1Handler, Stage2Handler, Stage2Input, batch_slots
 from transforms.accounting import LostRows
 from transforms.skip_scored import SkipScored, split_skipped
 from transforms.presentation import REPORT_DATA, Present, RunAggregates, split_presentation
@@ -56,6 +57,7 @@ class GraphSettings:
     overlay_max_side: int = 512  # long side of each overlay panel, pixels
     gallery_size: int = 8  # images per report gallery and category
     spread_images: bool = True  # Reshuffle decoded images over workers (`transforms.read.ReadImages`)
+    jpeg_draft: Optional[JpegDraft] = None  # decode JPEGs at reduced scale where the models need fewer pixels
     # --table: where records, failures and metrics go instead of the run folder (`pipeline.table.table_layout`)
     records_prefix: Optional[str] = None
     failures_prefix: Optional[str] = None
@@ -64,7 +66,8 @@ class GraphSettings:
 
 
 def _handler_kwargs(settings: GraphSettings) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"min_batch_size": 1, "max_batch_size": settings.batch_size}
+    kwargs: dict[str, Any] = {"min_batch_size": 1, "max_batch_size": settings.batch_size,
+                              "element_size_fn": batch_slots}
     if settings.model_copies:
         kwargs["model_copies"] = settings.model_copies
     return kwargs
@@ -77,7 +80,7 @@ def build_graph(pipeline: beam.Pipeline, source: list, settings: GraphSettings,
     `tap` (tests only): a transform applied to the scored images before anything is written,
     e.g. one that drops an image, to check that accounting turns it into a Lost row."""
     read = pipeline | "ReadImages" >> ReadImages(source, pixel_limit=settings.pixel_limit,
-                                                 spread_images=settings.spread_images)
+                                                 spread_images=settings.spread_images, jpeg_draft=settings.jpeg_draft)
     images, read_failures = read[IMAGES], read[FAILURES]
     skipped = pipeline | "NoneSkipped" >> beam.Create([])
     if settings.skip_keys is not None:

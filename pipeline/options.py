@@ -40,7 +40,20 @@ class ClipSAMOptions(PipelineOptions):
         add("--mask_threshold", type=float, default=None, help="final-map threshold of the defect mask (default: the profile's τ; 0.5, tiny 0.1)")
         add("--prompt_threshold", type=float, default=None, help="rough-map threshold τ for SAM prompts (default: the profile's; 0.5, tiny 0.1)")
         add("--alpha", type=float, default=None, help="weight of SAM in the final map (default: the profile's; 0.5, tiny 0.3)")
-        add("--batch_size", type=int, default=8, help="maximum images per model batch (default 8)")
+        add("--tile", default="auto",
+            help="tiled scoring of large frames (line-scan cameras): auto (default) tiles frames whose long side "
+                 "exceeds the profile's multiple of the CLIP input size (2048 px for every shipped profile), off "
+                 "scores every frame whole, <px> tiles every frame larger than one tile with tiles of <px> source "
+                 "pixels (default tile: native resolution, e.g. 256 px tiny, 518 px ViT-L). SAM then refines each "
+                 "defect in a window of the frame at native resolution (README \"Large frames\")")
+        add("--tile_overlap", type=float, default=None,
+            help="fraction of a tile's side shared with each neighbour, 0 to 0.9 (default: the profile's, 0.25)")
+        add("--jpeg_draft", default="on", choices=("on", "off"),
+            help="decode a JPEG at 1/2, 1/4 or 1/8 scale where the models need fewer pixels than it has (an "
+                 "untiled image at least twice CLIP's and SAM's inputs on each side; records, maps and masks stay "
+                 "in the full frame, a decode note says so); off: decode every JPEG whole (default on)")
+        add("--batch_size", type=int, default=8, help="maximum images per model batch (default 8); an image over 4 MiP (2048 × 2048) "
+                 "counts as one image per started 4 MiP, so large frames batch fewer at a time")
         add("--store_maps", action="store_true", default=False, help="keep the final anomaly map as a PNG (<= 256 px) in each record")
         add("--eval", dest="evaluate", default="auto", choices=("auto", "on", "off"),
             help="per-category metrics: auto = when the layout has ground truth (default)")
@@ -117,6 +130,10 @@ def validate(options: ClipSAMOptions) -> None:
         value = getattr(options, flag)
         if value is not None and not 0.0 <= value <= 1.0:
             raise OptionError(f"--{flag} must be in [0, 1], got {value}")
+    if options.tile not in ("auto", "off") and not (options.tile.isdigit() and int(options.tile) >= 32):
+        raise OptionError(f"--tile must be auto, off or a tile side in pixels (at least 32), got {options.tile!r}")
+    if options.tile_overlap is not None and not 0.0 <= options.tile_overlap <= 0.9:
+        raise OptionError(f"--tile_overlap must be in [0, 0.9], got {options.tile_overlap}")
     if options.batch_size < 1:
         raise OptionError(f"--batch_size must be at least 1, got {options.batch_size}")
     if options.num_shards < 0:
@@ -150,8 +167,19 @@ def validate(options: ClipSAMOptions) -> None:
                           f"got {options.run_id!r}")
 
 
-def mmr_overrides(options: ClipSAMOptions) -> dict[str, dict[str, float]]:
-    """The MMR settings the user changed on the command line (others keep the profile's)."""
+def config_overrides(options: ClipSAMOptions) -> dict[str, dict[str, object]]:
+    """The method settings the user changed on the command line, as ClipSAMConfig sections
+    (others keep the profile's)."""
+    overrides: dict[str, dict[str, object]] = {}
     changed = {k: getattr(options, k) for k in ("mask_threshold", "prompt_threshold", "alpha")}
     changed = {k: v for k, v in changed.items() if v is not None}
-    return {"mmr": changed} if changed else {}
+    if changed:
+        overrides["mmr"] = changed
+    tile: dict[str, object] = {}
+    if options.tile != "auto":
+        tile = {"mode": "off"} if options.tile == "off" else {"mode": "on", "side": int(options.tile)}
+    if options.tile_overlap is not None:
+        tile["overlap"] = options.tile_overlap
+    if tile:
+        overrides["tile"] = tile
+    return overrides

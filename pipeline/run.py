@@ -26,9 +26,12 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from clipsam.config import ClipSAMConfig
 from clipsam.thresholds import Thresholds
+from inputs.decode import JpegDraft
 from inputs.layouts import InputSpec, check_input
 from model_store.errors import ModelStoreError
+from model_store.manifest import Manifest
 from model_store.preflight import check_profile
 from model_store.random_store import is_random
 from model_store.store import join_url
@@ -40,7 +43,7 @@ from . import run_folder
 from .flags import check_known_flags, check_runner, check_service_locations, help_parser
 from .graph import GraphSettings, build_graph
 from .logs import show_progress
-from .options import ClipSAMOptions, OptionError, mmr_overrides, validate
+from .options import ClipSAMOptions, OptionError, config_overrides, validate
 from .report import write_report
 from .table import RunLayout, TableError, commit_run, files_by_kind, iter_scored_keys, table_layout
 from .summary import RunSummary, summarize_run
@@ -48,6 +51,7 @@ from .threshold import calibrate, check_thresholds_model, read_thresholds, summa
 
 LOCAL_RUNNER = "FnApiRunner"
 
+SAM_INPUT_SIDE = 1024  # segment_anything's ViT-H/L/B image encoders
 LOG = logging.getLogger("clipsam.run")
 
 
@@ -97,7 +101,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
     device = None if options.device == "auto" else options.device
     settings = GraphSettings(
         run_dir=run_dir,
-        spec=ModelSpec(options.model_store, options.profile, device, mmr_overrides(options) or None,
+        spec=ModelSpec(options.model_store, options.profile, device, config_overrides(options) or None,
                        torch_threads(options.torch_threads, beam_options)),
         digests=manifest.digests(),
         run_id=options.run_id,
@@ -116,6 +120,7 @@ def prepare(argv: list[str], overrides: dict | None = None) -> PreparedRun:
         overlay_max_side=options.overlay_max_side,
         gallery_size=options.gallery_size if options.report == "on" else 0,  # galleries are for the report
         spread_images=spreads_images(options.spread_images, beam_options),
+        jpeg_draft=jpeg_draft(manifest, config_overrides(options)) if options.jpeg_draft == "on" else None,
     )
     table = None
     if options.table:
@@ -158,6 +163,18 @@ def torch_threads(requested: int, beam_options: PipelineOptions) -> int:
     if direct.get("direct_running_mode") == "multi_processing" and (direct.get("direct_num_workers") or 0) > 1:
         return max(1, (os.cpu_count() or 1) // direct["direct_num_workers"])
     return 0
+
+
+def jpeg_draft(manifest: Manifest, overrides: Optional[dict] = None) -> JpegDraft:
+    """How few pixels of a JPEG a profile's models need (`inputs.decode.JpegDraft`, --jpeg_draft):
+    CLIP's and SAM's input sides, and the longest frame that is not tiled (`--tile`: auto tiles
+    frames longer than the profile's multiple of the CLIP input, off none, <px> nearly all, so
+    then nothing is reduced). `overrides`: ClipSAMConfig sections changed by flags."""
+    config = ClipSAMConfig.from_dict(manifest.clipsam_config).replace(**(overrides or {}))
+    sam = manifest.sam_config
+    sam_side = int(sam["image_size"]) if sam.get("variant") == "custom" else SAM_INPUT_SIDE
+    longest = {"auto": int(config.tile.auto_factor * config.clip.input_size), "off": None, "on": 0}[config.tile.mode]
+    return JpegDraft(config.clip.input_size, sam_side, longest)
 
 
 def spreads_images(requested: str, beam_options: PipelineOptions) -> bool:

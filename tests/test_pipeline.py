@@ -236,6 +236,9 @@ def test_cli_shows_its_progress_lines_but_not_beams(real_data_dir, tiny_store, t
         ("--mask_threshold=1.5", "--mask_threshold must be in [0, 1]"),
         ("--batch_size=0", "--batch_size must be at least 1"),
         ("--run_id=a/b", "--run_id may only hold"),
+        ("--tile=big", "--tile must be auto, off or a tile side in pixels"),
+        ("--tile=8", "--tile must be auto, off or a tile side in pixels (at least 32)"),
+        ("--tile_overlap=0.95", "--tile_overlap must be in [0, 0.9]"),
         ("--profile=nope", "--model_store/--profile: no manifest for profile 'nope'"),
     ],
 )

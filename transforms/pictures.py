@@ -69,10 +69,11 @@ def render_overlay(image: np.ndarray, final_map: np.ndarray, mask: np.ndarray, g
                    caption: str, max_side: int, quality: int = 85) -> bytes:
     """The overlay JPEG (module docstring) of one prediction.
 
-    image: RGB uint8 [H, W, 3]; final_map: float [H, W] in [0, 1]; mask: bool [H, W], the mask the
-    record reports; gt_mask: bool [H, W] or None; caption: one line of text (clipped to the strip).
+    image: RGB uint8 [h, w, 3], the frame or a reduced decode of it; final_map: float [H, W] in
+    [0, 1], in the frame; mask: bool [H, W], the mask the record reports; gt_mask: bool [H, W] or
+    None; caption: one line of text (clipped to the strip). Panels are sized from the frame.
     """
-    height, width = image.shape[:2]
+    height, width = np.shape(final_map)
     size = panel_size(width, height, max_side)
     base = _resized(np.ascontiguousarray(image, dtype=np.uint8), size, Image.BILINEAR)
     truth = _mask_at(gt_mask, size) if gt_mask is not None else None

@@ -20,6 +20,7 @@ from apache_beam.pvalue import PBegin, PCollection
 from inputs.decode import DEFAULT_MIN_SIDE, DEFAULT_PIXEL_LIMIT
 from inputs.elements import Failure, ImageElement, make_image_id
 from inputs.layouts import InputSpec, InputUnit, scan_inputs
+from inputs.decode import JpegDraft
 from inputs.reader import DecodeLimits, read_unit
 
 from .accounting import LostUnits, UnitRead, unit_key
@@ -97,12 +98,13 @@ class ReadImages(beam.PTransform):
         pixel_limit: int = DEFAULT_PIXEL_LIMIT,
         min_side: int = DEFAULT_MIN_SIDE,
         spread_images: bool = True,
+        jpeg_draft: Optional[JpegDraft] = None,
     ):
         super().__init__()
         if not source:
             raise ValueError("ReadImages needs at least one input")
         self._source = list(source)
-        self._limits = DecodeLimits(pixel_limit, min_side)
+        self._limits = DecodeLimits(pixel_limit, min_side, jpeg_draft)
         self._spread = spread_images
 
     @classmethod

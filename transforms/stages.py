@@ -72,6 +72,19 @@ class Stage2Input(NamedTuple):
     rough: RoughResult
 
 
+SLOT_PIXELS = 4 * 2**20  # an image takes one batch slot per started 4 MiP
+
+
+def batch_slots(item: ImageElement | Stage2Input) -> int:
+    """How many of a batch's `--batch_size` slots an image takes (Beam's `element_size_fn`): one
+    per started SLOT_PIXELS, so a batch of line-scan frames holds a bounded number of pixels
+    (a 16000 × 2048 frame fills a batch of 8 alone) while images of up to 4 MiP batch as
+    `--batch_size` says."""
+    element = item.element if isinstance(item, Stage2Input) else item
+    height, width = element.frame_size
+    return max(1, -(-height * width // SLOT_PIXELS))
+
+
 class Scored(NamedTuple):
     """What stage 2 gives per image: the decoded element and ClipSAM's prediction."""
 
@@ -155,7 +168,8 @@ class Stage2Handler(StageHandler):
         return load_stage2(self.spec.model_store, self.spec.profile, self.spec.device, overrides=self.spec.overrides)[0]
 
     def predict(self, model: MMRRefiner, items: Sequence[Stage2Input]) -> list[Prediction]:
-        predictions = model([item.element.image for item in items], [item.rough for item in items])
+        predictions = model([item.element.image for item in items], [item.rough for item in items],
+                            [item.element.frame for item in items])
         # `sam_used` is set where SAM's encoder actually embedded the image. Counted from the
         # results because with model_copies the model is a proxy to another process.
         self._encoded.inc(sum(p.sam_used for p in predictions))
