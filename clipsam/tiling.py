@@ -121,16 +121,20 @@ def resize_map(values: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.n
     return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+MERGE_LIMIT = 2  # merged SAM windows stay within this many window sides on each axis
+
+
 def sam_windows(boxes: np.ndarray, frame: tuple[int, int], side: int) -> list[tuple[Window, list[int]]]:
     """SAM's windows for components with boxes (x0, y0, x1, y1) [N, 4] in a frame (H, W):
-    (window, indices of the components it holds) each, top-left first.
+    (window, indices of the components it holds) each, left to right.
 
     A component's window is `side` × `side` centred on its box (or the box, where that is
     larger), moved inside the frame. Two windows that overlap are merged into their bounding
     window while it stays within MERGE_LIMIT × side on each axis, so neighbouring components
-    share one encoder pass at native resolution; a crowd of components does not grow into one
-    frame-sized window that SAM would see shrunk. Windows that still overlap are fused by the
-    pixel-wise max (`mmr.fuse_in_windows`). Every component is in exactly one window.
+    share one encoder pass; a crowd of components does not grow into one frame-sized window that
+    SAM would see shrunk. Windows that still overlap are fused by the pixel-wise max
+    (`mmr.fuse_in_windows`). Every component is in exactly one window. Cost: a sweep along
+    columns per round of merging, so about linear in N for components spread along a frame.
     """
     height, width = frame
     groups: list[tuple[list[int], list[int]]] = []  # ([top, left, bottom, right], members)
@@ -138,20 +142,29 @@ def sam_windows(boxes: np.ndarray, frame: tuple[int, int], side: int) -> list[tu
         top, bottom = _span(y0, y1, side, height)
         left, right = _span(x0, x1, side, width)
         groups.append(([top, left, bottom, right], [index]))
+    limit = MERGE_LIMIT * side
     merged = True
     while merged:
         merged = False
-        for i, j in ((i, j) for i in range(len(groups)) for j in range(i + 1, len(groups))):
-            union = _merged(groups[i][0], groups[j][0], MERGE_LIMIT * side)
-            if union is not None:
-                groups[i] = (union, groups[i][1] + groups[j][1])
-                del groups[j]
-                merged = True
-                break
-    return sorted(((tuple(box), sorted(members)) for box, members in groups), key=lambda g: (g[0][0], g[0][1]))
-
-
-MERGE_LIMIT = 2
+        groups.sort(key=lambda g: (g[0][1], g[0][0]))
+        widest = max((g[0][3] - g[0][1] for g in groups), default=0)
+        kept: list[tuple[list[int], list[int]]] = []
+        for box, members in groups:
+            for k in range(len(kept) - 1, -1, -1):
+                other = kept[k][0]
+                if other[1] + widest <= box[1]:  # this and every earlier kept window end left of box
+                    kept.append((box, members))
+                    break
+                union = _merged(other, box, limit)
+                if union is not None:
+                    kept[k] = (union, kept[k][1] + members)
+                    widest = max(widest, union[3] - union[1])
+                    merged = True
+                    break
+            else:
+                kept.append((box, members))
+        groups = kept
+    return [(tuple(box), sorted(members)) for box, members in groups]
 
 
 def _merged(a: list[int], b: list[int], limit: int) -> list[int] | None:

@@ -243,7 +243,7 @@ def test_cli_shows_its_progress_lines_but_not_beams(real_data_dir, tiny_store, t
     ],
 )
 def test_invalid_options_fail_before_any_work(flag, message, real_data_dir, tiny_store, tmp_path):
-    with pytest.raises(OptionError, match=message.replace("[", "\\[").replace("]", "\\]")):
+    with pytest.raises(OptionError, match=re.escape(message)):
         run([f"--input={real_data_dir / 'mvtec_ad_256'}", f"--output={tmp_path}", f"--model_store={tiny_store}", flag])
     assert not list(tmp_path.iterdir())
 

@@ -106,6 +106,24 @@ def test_a_crowd_of_components_does_not_merge_into_one_frame_sized_window():
     assert len(windows) > 10 and all(r - l <= 512 and b - t <= 512 for (t, l, b, r), _ in windows)
 
 
+def test_windows_of_many_scattered_components_match_merging_pair_by_pair():
+    """The sweep merges exactly what repeated pairwise merging would leave unmergeable: no two
+    resulting windows could still be merged, every component is in one window holding its box."""
+    from clipsam.tiling import MERGE_LIMIT, _merged
+
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, [16000, 2048], size=(3000, 2))
+    ends = np.minimum(xy + rng.uniform(4, 40, size=(3000, 2)), [16000, 2048])  # boxes are clipped to the frame
+    boxes = np.concatenate([xy, ends], axis=1).astype(np.float32)
+    windows = sam_windows(boxes, (2048, 16000), 128)
+    assert sorted(m for _, group in windows for m in group) == list(range(3000))
+    for (t, l, b, r), group in windows:
+        for m in group:
+            assert l <= boxes[m, 0] and boxes[m, 2] <= r and t <= boxes[m, 1] and boxes[m, 3] <= b
+    spans = [list(w) for w, _ in windows]
+    assert not any(_merged(a, c, MERGE_LIMIT * 128) for i, a in enumerate(spans) for c in spans[i + 1:])
+
+
 def test_windowed_fusion_equals_whole_frame_fusion_bit_for_bit():
     rng = np.random.default_rng(0)
     rough = rng.random((300, 900), dtype=np.float32)
