@@ -42,15 +42,16 @@ class ClipSAMOptions(PipelineOptions):
         add("--alpha", type=float, default=None, help="weight of SAM in the final map (default: the profile's; 0.5, tiny 0.3)")
         add("--tile", default="auto",
             help="tiled scoring of large frames (line-scan cameras): auto (default) tiles frames whose long side "
-                 "exceeds the profile's multiple of the CLIP input size (2048 px for every shipped profile), off "
-                 "scores every frame whole, <px> tiles every frame larger than one tile with tiles of <px> source "
-                 "pixels (default tile: native resolution, e.g. 256 px tiny, 518 px ViT-L). SAM then refines each "
-                 "defect in a window of the frame at native resolution (README \"Large frames\")")
+                 "exceeds the profile's multiple of the CLIP input size (2048 px tiny and ViT-B, 2072 px ViT-L), "
+                 "off scores every frame whole, <px> tiles every frame larger than one tile with tiles of <px> "
+                 "source pixels (the profile's tile: 128 px tiny, native 512/518 px ViT-B/ViT-L). SAM then refines "
+                 "each defect in a window of the frame shown at the tiles' magnification (README \"Large frames\")")
         add("--tile_overlap", type=float, default=None,
             help="fraction of a tile's side shared with each neighbour, 0 to 0.9 (default: the profile's, 0.25)")
         add("--jpeg_draft", default="on", choices=("on", "off"),
             help="decode a JPEG at 1/2, 1/4 or 1/8 scale where the models need fewer pixels than it has (an "
-                 "untiled image at least twice CLIP's and SAM's inputs on each side; records, maps and masks stay "
+                 "untiled image at least twice CLIP's input on each side and twice SAM's on the long side; records, maps "
+                 "and masks stay "
                  "in the full frame, a decode note says so); off: decode every JPEG whole (default on)")
         add("--batch_size", type=int, default=8, help="maximum images per model batch (default 8); an image over 4 MiP (2048 × 2048) "
                  "counts as one image per started 4 MiP, so large frames batch fewer at a time")
