@@ -50,11 +50,12 @@ class ClipSAMOptions(PipelineOptions):
             help="fraction of a tile's side shared with each neighbour, 0 to 0.9 (default: the profile's, 0.25)")
         add("--jpeg_draft", default="on", choices=("on", "off"),
             help="decode a JPEG at 1/2, 1/4 or 1/8 scale where the models need fewer pixels than it has (an "
-                 "untiled image at least twice CLIP's input on each side and twice SAM's on the long side; records, maps "
-                 "and masks stay "
-                 "in the full frame, a decode note says so); off: decode every JPEG whole (default on)")
-        add("--batch_size", type=int, default=8, help="maximum images per model batch (default 8); an image over 4 MiP (2048 × 2048) "
-                 "counts as one image per started 4 MiP, so large frames batch fewer at a time")
+                 "untiled image at least twice CLIP's input on each side and twice SAM's on the long side; records, "
+                 "maps and masks stay in the full frame, a decode note says so); off: decode every JPEG whole "
+                 "(default on)")
+        add("--batch_size", type=int, default=8,
+            help="maximum images per model batch (default 8); an image over 4 MiP (2048 × 2048) counts as one "
+                 "image per started 4 MiP, so large frames batch fewer at a time")
         add("--store_maps", action="store_true", default=False, help="keep the final anomaly map as a PNG (<= 256 px) in each record")
         add("--eval", dest="evaluate", default="auto", choices=("auto", "on", "off"),
             help="per-category metrics: auto = when the layout has ground truth (default)")
