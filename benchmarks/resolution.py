@@ -27,9 +27,9 @@ and report on); its peak RSS (the child's ru_maxrss) is printed next to the same
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import append_results, code_version, tiny_store  # noqa: E402
+from throughput import append_results, command_line, work_area  # noqa: E402
 
 MODES = ("off", "auto")
 MAPS = ("rough", "final")
@@ -199,23 +199,24 @@ def main(argv: list[str] | None = None) -> int:
     from tiny.line_scan import LINE_SCAN_CATEGORIES
 
     args.categories = args.categories or list(LINE_SCAN_CATEGORIES)
-    version = code_version()
-    tmp = Path(args.work_dir or tempfile.mkdtemp(prefix="resolution-"))
-    if args.store is None:
-        args.store = tiny_store(tmp)
-    print(f"{len(args.categories)} categories × ({args.normal} good + {args.defective} defective) frames of "
-          f"{args.width} × {args.height}" + ("" if args.normal + args.defective else ": peak RSS only"), flush=True)
-    frames = len(args.categories) * (args.normal + args.defective)
-    text = accuracy_table(evaluate(args), frames) if frames else ""
-    print(text)
-    if args.rss_frame:
-        memory = rss_table(args, tmp)
-        print(memory)
-        text = f"{text}\n\n{memory}".strip()
-    if args.append:
-        append_results(f"Resolution: tiled vs whole line-scan frames ({args.profile})",
-                       "python benchmarks/" + " ".join(["resolution.py", *(argv if argv is not None else sys.argv[1:])]),
-                       text, version=version)
+    tmp, version = work_area(args, parser, "resolution-")
+    try:
+        print(f"{len(args.categories)} categories × ({args.normal} good + {args.defective} defective) frames of "
+              f"{args.width} × {args.height}" + ("" if args.normal + args.defective else ": peak RSS only"),
+              flush=True)
+        frames = len(args.categories) * (args.normal + args.defective)
+        text = accuracy_table(evaluate(args), frames) if frames else ""
+        print(text)
+        if args.rss_frame:
+            memory = rss_table(args, tmp)
+            print(memory)
+            text = f"{text}\n\n{memory}".strip()
+        if args.append:
+            append_results(f"Resolution: tiled vs whole line-scan frames ({args.profile})", command_line(__file__, argv),
+                           text, version=version)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import append_results, peak_rss_bytes as _hwm, reset_peak_rss as _reset_hwm, rss_bytes as _rss  # noqa: E402
+from throughput import append_results, command_line, peak_rss_bytes as _hwm, reset_peak_rss as _reset_hwm, rss_bytes as _rss  # noqa: E402
 
 MB = 2**20
 
@@ -327,9 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(body)
         if args.append:
-            command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
             append_results(f"scaling: launcher and local runner at {', '.join(f'{s}×' for s in scales)} images, "
-                           f"{args.profile}", command, f"{header}\n\n{body}", version=version)
+                           f"{args.profile}", command_line(__file__, argv), f"{header}\n\n{body}", version=version)
     finally:
         if not args.work_dir:
             shutil.rmtree(tmp, ignore_errors=True)

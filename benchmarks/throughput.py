@@ -331,6 +331,12 @@ def work_area(args: argparse.Namespace, parser: argparse.ArgumentParser, prefix:
     return tmp, version
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a benchmark was started, for RESULTS.md: `python benchmarks/<script> <argv>` (argv:
+    main's own argument list, None for the process's)."""
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
+
+
 def append_results(title: str, command: str, text: str, note: str = "", version: str | None = None) -> None:
     """Append a section to benchmarks/RESULTS.md: `title`, the date, machine, commit (`version`,
     taken before measuring; default now) and torch version (and `note`), the command, then `text`."""
@@ -543,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(runs)
         if args.append:
-            command = "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            command = command_line(__file__, argv)
             gpu = (f"GPU: {torch.cuda.get_device_name()}" if cuda
                    else "GPU: none used (no CUDA device on this machine), so no GPU figures")
             append_results(f"throughput: pipeline vs bare model loop, {args.profile}", command,

@@ -135,7 +135,8 @@ def decode_image(
     Raises DecodeError: EmptyFile, NotAnImage, ImageTooLarge, ImageTooSmall, TruncatedImage,
     CorruptImage, UnsupportedPixelRange.
     """
-    return pil_to_rgb(_open_checked(data, uri, pixel_limit), uri, pixel_limit, min_side)
+    image, notes, _ = decode_frame(data, uri, pixel_limit, min_side)
+    return image, notes
 
 
 def read_image(
